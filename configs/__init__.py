@@ -1,0 +1,1 @@
+"""ml_collections experiment files; installed as planx_jax.configs."""

@@ -1,0 +1,38 @@
+"""The `planx` command: one entry point, one subcommand per job.
+
+Each subcommand lives in `planx_jax.commands.<name>` with `add_parser` and `run`;
+this module only wires them up and turns expected errors into one-line messages.
+"""
+
+import argparse
+import logging
+import sys
+
+from planx_jax.commands import convert, plan
+
+SUBCOMMANDS = {"convert": convert, "plan": plan}
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="planx", description="Plan-X in JAX: semantic planner + video DiT.")
+  parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  for name, module in SUBCOMMANDS.items():
+    module.add_parser(sub)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+  try:
+    return args.run(args) or 0
+  except (ValueError, FileNotFoundError, FileExistsError) as err:
+    if args.verbose:
+      raise
+    print(f"planx {args.command}: error: {err}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

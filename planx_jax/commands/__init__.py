@@ -1,0 +1,1 @@
+"""Subcommands of the `planx` command line (`planx_jax.cli`): each has `add_parser` and `run`."""

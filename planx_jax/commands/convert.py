@@ -1,0 +1,120 @@
+"""`planx convert`: checkpoint conversion between reference formats and planx checkpoints.
+
+planner-from-hf: a transformers Qwen2 directory -> a planx planner checkpoint (with
+the Plan-X vocabulary); planner-to-hf: the reverse. Conversion logic lives in
+`planx_jax.convert`; this module parses arguments and reports progress.
+"""
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from planx_jax import planner
+from planx_jax.checkpoints import tokenizer_dir
+from planx_jax.data import tokenizer as tokenizers
+from planx_jax.plan_tokens import PlanTokens
+
+log = logging.getLogger("planx.convert")
+
+# config.json keys carried from the source into a re-export.
+_CARRIED_HF_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def parse_size(text: str) -> int:
+  """'5GB', '500MB', '1024' -> bytes."""
+  units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4, "B": 1}
+  upper = text.strip().upper()
+  for unit, scale in units.items():
+    if upper.endswith(unit):
+      number = upper[: -len(unit)]
+      break
+  else:
+    number, scale = upper, 1
+  try:
+    value = int(float(number) * scale)
+  except ValueError:
+    raise ValueError(f"cannot read size {text!r}; use e.g. 5GB, 500MB or a byte count") from None
+  if value < 1:
+    raise ValueError(f"size must be positive, got {text!r}")
+  return value
+
+
+def add_parser(sub) -> None:
+  parser = sub.add_parser("convert", help="convert checkpoints to and from planx format")
+  kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+  p = kinds.add_parser("planner-from-hf", help="transformers Qwen2ForCausalLM directory -> planx planner checkpoint")
+  p.add_argument("src", type=Path, help="HF directory: config.json + *.safetensors (+ tokenizer files)")
+  p.add_argument("dst", type=Path, help="planx checkpoint directory to create")
+  p.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: SRC if it has one)")
+  p.add_argument("--extend-vocab", action=argparse.BooleanOptionalAction, default=True,
+                 help="add Plan-X tokens <im_start>, <im_end>, <S0..2>, <I0..> if absent (default: on)")
+  p.add_argument("--codebook-size", type=int, default=65536, help="number of <I*> code tokens (TA-Tok: 65536)")
+  p.add_argument("--codebook", type=Path,
+                 help=".npy [codebook_size, hidden] vectors to initialise the code rows (widths must match)")
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(run=run_planner_from_hf)
+
+  p = kinds.add_parser("planner-to-hf", help="planx planner checkpoint -> transformers Qwen2ForCausalLM directory")
+  p.add_argument("src", type=Path, help="planx planner checkpoint directory")
+  p.add_argument("dst", type=Path, help="HF directory to create")
+  p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="tensor dtype (default: as stored)")
+  p.add_argument("--max-shard-size", default="5GB", help="shard the safetensors above this size (default 5GB)")
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(run=run_planner_to_hf)
+
+
+def _has_tokenizer(path: Path) -> bool:
+  return (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists()
+
+
+def run_planner_from_hf(args) -> int:
+  start = time.time()
+  log.info("reading %s", args.src)
+  config, params = planner.load_hf(args.src)
+  hf_config = json.loads((args.src / "config.json").read_text())
+  tokenizer_path = args.tokenizer or (args.src if _has_tokenizer(args.src) else None)
+  tokenizer = None if tokenizer_path is None else tokenizers.load_tokenizer(tokenizer_path)
+  layout = _plan_layout(tokenizer, args)
+  if layout is not None and config.vocab_size < layout.vocab_size:
+    if not args.extend_vocab:
+      raise ValueError(f"the tokenizer has Plan-X tokens up to id {layout.vocab_size - 1} but the model has "
+                       f"{config.vocab_size} rows; drop --no-extend-vocab")
+    codebook = None if args.codebook is None else np.load(args.codebook)
+    log.info("extending the vocabulary %d -> %d rows (%s)", config.vocab_size, layout.vocab_size,
+             "code rows from the codebook" if codebook is not None else "new rows = mean of text rows")
+    config, params = planner.extend_vocab(config, params, layout, codebook=codebook)
+  if tokenizer is None:
+    log.info("no tokenizer found next to %s: `planx plan` on this checkpoint will need --tokenizer", args.src)
+  extras = {"source": str(args.src.absolute()), "hf_config": hf_config}
+  planner.save_checkpoint(args.dst, config, params, plan_tokens=layout, tokenizer=tokenizer, extras=extras,
+                          overwrite=args.overwrite)
+  count = planner.param_count(config)
+  log.info("wrote %s: %s params, vocab %d (%.1fs)", args.dst, f"{count:,}", config.vocab_size, time.time() - start)
+  return 0
+
+
+def _plan_layout(tokenizer, args) -> PlanTokens | None:
+  """The Plan-X token layout for this conversion (adding the tokens to `tokenizer` when asked)."""
+  if tokenizer is None:
+    return PlanTokens(codebook_size=args.codebook_size) if args.extend_vocab else None
+  if tokenizer.convert_tokens_to_ids("<im_start>") not in (None, tokenizer.unk_token_id):
+    return tokenizers.plan_tokens_from_tokenizer(tokenizer)
+  if not args.extend_vocab:
+    return None
+  return tokenizers.add_plan_tokens(tokenizer, args.codebook_size)
+
+
+def run_planner_to_hf(args) -> int:
+  start = time.time()
+  config, params, _, meta = planner.load_checkpoint(args.src)
+  carried = {k: meta.get("hf_config", {})[k] for k in _CARRIED_HF_KEYS if k in meta.get("hf_config", {})}
+  planner.save_hf(config, params, args.dst, dtype=args.dtype, max_shard_bytes=parse_size(args.max_shard_size),
+                  extra_config=carried, tokenizer=tokenizer_dir(args.src), overwrite=args.overwrite)
+  log.info("wrote %s (Qwen2ForCausalLM, vocab %d, %.1fs)", args.dst, config.vocab_size, time.time() - start)
+  return 0
+

@@ -1,0 +1,60 @@
+"""Shared pytest setup: CPU JAX, quiet libtpu, and the tiny reference models the tests build."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+# Tiny Qwen2 configs covering tied / untied embeddings, GQA ratios 1, 2 and 7, and
+# hidden sizes that are not powers of two (45 is odd: head_dim is set explicitly).
+TINY_QWEN2_CONFIGS = {
+    "tied_mha": dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
+    "untied_gqa2": dict(hidden_size=48, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
+    "tied_gqa7": dict(hidden_size=56, num_attention_heads=7, num_key_value_heads=1, tie_word_embeddings=True),
+    "untied_odd": dict(hidden_size=45, num_attention_heads=6, num_key_value_heads=3, head_dim=10,
+                       tie_word_embeddings=False),
+}
+
+
+def build_hf_qwen2(seed: int = 0, vocab_size: int = 320, num_hidden_layers: int = 3, **kwargs):
+  """A transformers Qwen2ForCausalLM with every tensor random (biases and norm scales too), fp32, eval mode."""
+  import torch
+  import transformers
+
+  values = dict(vocab_size=vocab_size, intermediate_size=96, num_hidden_layers=num_hidden_layers,
+                max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6)
+  values.update(kwargs)
+  torch.manual_seed(seed)
+  model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**values)).eval()
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      noise = torch.randn(param.shape, generator=generator) * 0.1
+      param.copy_(noise + 1.0 if "norm" in name else noise)
+  return model
+
+
+@pytest.fixture(scope="session")
+def hf_qwen2_dir(tmp_path_factory):
+  """Returns a function name -> directory holding that tiny HF checkpoint (built once per session)."""
+  cache = {}
+
+  def get(name: str):
+    if name not in cache:
+      path = tmp_path_factory.mktemp(f"hf_{name}")
+      build_hf_qwen2(seed=len(cache), **TINY_QWEN2_CONFIGS[name]).save_pretrained(path)
+      cache[name] = path
+    return cache[name]
+
+  return get
+
+
+def read_json(path):
+  with open(path) as f:
+    return json.load(f)

@@ -1,0 +1,1 @@
+"""Benchmark and maintenance scripts; installed as planx_jax.tools."""
