@@ -1,0 +1,20 @@
+"""Smoke run of the benchmark scripts on tiny configs (they must not rot; nothing here checks a speed)."""
+
+import re
+
+from planx_jax.tools import bench_planner
+
+ROW = re.compile(r"^(forward|greedy decode) .*?(scan|unrolled)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x")
+
+
+def test_bench_planner_tiny_prints_the_comparison_table(capsys):
+  bench_planner.main(["--tiny", "--batches", "2"])
+  lines = capsys.readouterr().out.splitlines()
+  assert "planx tok/s" in lines[1] and "transformers tok/s" in lines[1]
+  rows = [ROW.match(line) for line in lines[2:]]
+  assert all(rows) and len(rows) == 4
+  assert [(m.group(1), m.group(2)) for m in rows] == [
+      ("forward", "scan"), ("forward", "unrolled"), ("greedy decode", "scan"), ("greedy decode", "unrolled")]
+  for m in rows:
+    planx, hf, ratio = (float(m.group(i)) for i in (3, 4, 5))
+    assert planx > 0 and hf > 0 and abs(ratio - planx / hf) <= 0.01 + 0.01 * ratio
