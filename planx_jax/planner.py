@@ -21,11 +21,12 @@ from planx_jax.models.planner import KVCache, Planner, PlannerOutput, init_cache
 from planx_jax.models.planner_config import PlannerConfig
 from planx_jax.models.vocab import extend_vocab
 from planx_jax.plan_tokens import PlanTokens
+from planx_jax.sampling import SamplingConfig, generate, sample_plans
 
 __all__ = [
-    "KVCache", "PlanTokens", "Planner", "PlannerConfig", "PlannerOutput", "abstract_params", "extend_vocab",
-    "init_cache", "init_params", "load_checkpoint", "load_hf", "param_count", "param_logical_axes",
-    "save_checkpoint", "save_hf",
+    "KVCache", "PlanTokens", "Planner", "PlannerConfig", "PlannerOutput", "SamplingConfig", "abstract_params",
+    "extend_vocab", "generate", "init_cache", "init_params", "load_checkpoint", "load_hf", "param_count",
+    "param_logical_axes", "sample_plans", "save_checkpoint", "save_hf",
 ]
 
 CHECKPOINT_KIND = "planner"

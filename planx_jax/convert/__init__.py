@@ -1,1 +1,1 @@
-"""convert"""
+"""Checkpoint conversion tables between reference formats (transformers, safetensors) and planx params."""
