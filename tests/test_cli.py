@@ -71,6 +71,13 @@ def test_plan_from_checkpoint_writes_codes_and_continues(converted, tmp_path, ca
   assert main(["plan", str(converted), "--frames", "2", "--first-frame-codes", str(tmp_path / "i2v.npy")]) == 0
 
 
+def test_plan_is_the_same_with_scanned_or_unrolled_layers(converted, tmp_path):
+  for flag in ("--scan-layers", "--no-scan-layers"):
+    assert main(["plan", str(converted), "--frames", "3", "--seed", "3", "--out", str(tmp_path / f"{flag}.npy"),
+                 flag]) == 0
+  np.testing.assert_array_equal(np.load(tmp_path / "--scan-layers.npy"), np.load(tmp_path / "--no-scan-layers.npy"))
+
+
 def test_embedded_default_plans(capsys):
   from planx_jax.commands.plan import embedded_default
 

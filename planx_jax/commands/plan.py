@@ -4,6 +4,7 @@ Without a checkpoint it runs the embedded default, a tiny randomly initialised
 planner with a built-in tokenizer: it exercises the whole path, not a trained model.
 """
 
+import argparse
 import logging
 import time
 from pathlib import Path
@@ -45,24 +46,38 @@ def add_parser(sub) -> None:
   p.add_argument("--top-p", type=float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", type=Path, help="write the codes [num_samples, F-1, 9, 9] to this .npy file")
+  p.add_argument("--scan-layers", action=argparse.BooleanOptionalAction, default=None,
+                 help="decode with nn.scan-stacked layers (default: unrolled on CPU, where XLA copies scanned "
+                      "weights every step; the checkpoint's layout elsewhere)")
   p.set_defaults(run=run)
 
 
-def embedded_default():
+def embedded_default(scan_layers: bool = True):
   """Tiny random planner + built-in tokenizer with the full 65536-code Plan-X vocabulary (seed 0)."""
   tokenizer = tokenizers.build_tiny_tokenizer(plan_tokens_codebook_size=EMBEDDED_CODEBOOK_SIZE)
   layout = tokenizers.plan_tokens_from_tokenizer(tokenizer)
-  config = planner.PlannerConfig.tiny(vocab_size=layout.vocab_size, tie_word_embeddings=False)
+  config = planner.PlannerConfig.tiny(vocab_size=layout.vocab_size, tie_word_embeddings=False,
+                                      scan_layers=scan_layers)
   params = jax.jit(lambda rng: planner.init_params(config, rng))(jax.random.key(0))
   return config, params, layout, tokenizer
+
+
+def _scan_layers(requested: bool | None) -> dict:
+  """Layer layout override for decoding: as requested, else unrolled on CPU (logged)."""
+  if requested is not None:
+    return {"scan_layers": requested}
+  if jax.default_backend() == "cpu":
+    log.info("CPU backend: decoding with unrolled layers (scan_layers=False; --scan-layers to keep the stack)")
+    return {"scan_layers": False}
+  return {}
 
 
 def _load(args):
   if args.checkpoint is None:
     log.info("no checkpoint given: using the embedded default (tiny planner, random weights, seed 0); its plans "
              "are random codes")
-    return embedded_default()
-  config, params, layout, _ = planner.load_checkpoint(args.checkpoint)
+    return embedded_default(**_scan_layers(args.scan_layers))
+  config, params, layout, _ = planner.load_checkpoint(args.checkpoint, **_scan_layers(args.scan_layers))
   source = args.tokenizer or tokenizer_dir(args.checkpoint)
   if source is None:
     raise FileNotFoundError(f"checkpoint {args.checkpoint} has no tokenizer; pass --tokenizer DIR")
