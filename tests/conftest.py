@@ -58,3 +58,46 @@ def hf_qwen2_dir(tmp_path_factory):
 def read_json(path):
   with open(path) as f:
     return json.load(f)
+
+
+# Tiny diffusers WanTransformer3DModel configs: head counts, head dims, patch sizes, cross-attn norm on/off.
+TINY_WAN_CONFIGS = {
+    "h3_d12": dict(num_attention_heads=3, attention_head_dim=12, in_channels=6, out_channels=6, text_dim=20,
+                   freq_dim=16, ffn_dim=40, num_layers=2),
+    "h2_d18_patch2": dict(patch_size=(2, 2, 2), num_attention_heads=2, attention_head_dim=18, in_channels=4,
+                          out_channels=4, text_dim=24, freq_dim=32, ffn_dim=36, num_layers=3),
+    "h4_d8_out5_nonorm": dict(num_attention_heads=4, attention_head_dim=8, in_channels=5, out_channels=7,
+                              text_dim=16, freq_dim=8, ffn_dim=64, num_layers=2, cross_attn_norm=False),
+}
+
+
+def build_wan_dit(seed: int = 0, **kwargs):
+  """A diffusers WanTransformer3DModel with every tensor random (norms near 1), fp32, eval mode."""
+  import torch
+  from diffusers import WanTransformer3DModel
+
+  values = dict(patch_size=(1, 2, 2), rope_max_seq_len=64)
+  values.update(kwargs)
+  torch.manual_seed(seed)
+  model = WanTransformer3DModel(**values).eval()
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      noise = torch.randn(param.shape, generator=generator) * 0.2
+      param.copy_(noise + 1.0 if "norm" in name else noise)
+  return model
+
+
+@pytest.fixture(scope="session")
+def wan_dit_dir(tmp_path_factory):
+  """Returns a function name -> directory holding that tiny diffusers Wan transformer (built once)."""
+  cache = {}
+
+  def get(name: str):
+    if name not in cache:
+      path = tmp_path_factory.mktemp(f"wan_{name}")
+      build_wan_dit(seed=len(cache) + 10, **TINY_WAN_CONFIGS[name]).save_pretrained(path)
+      cache[name] = path
+    return cache[name]
+
+  return get

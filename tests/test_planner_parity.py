@@ -9,6 +9,7 @@ from conftest import TINY_QWEN2_CONFIGS, build_hf_qwen2
 
 from planx_jax import planner
 from planx_jax.convert import qwen2
+from planx_jax.convert.table import ref_keys, set_path
 
 
 def hf_logits(model, ids: np.ndarray) -> np.ndarray:
@@ -80,13 +81,9 @@ def test_bfloat16_compute_no_worse_than_transformers_bf16(hf_qwen2_dir):
 
 
 def _params_from_state(config, state):
+  """planx params straight from a torch state dict, through the converter's table."""
   params = {}
   for rule in qwen2.param_table(config):
-    keys = [rule.hf_key.format(i=i) for i in range(config.num_layers)] if rule.per_layer else [rule.hf_key]
-    arrays = [rule.to_planx(state[k]) for k in keys]
-    value = np.stack(arrays) if rule.per_layer else arrays[0]
-    node = params
-    for part in rule.path[:-1]:
-      node = node.setdefault(part, {})
-    node[rule.path[-1]] = value
+    arrays = [rule.to_planx(state[key]) for key in ref_keys(rule, config.num_layers)]
+    set_path(params, rule.path, np.stack(arrays) if rule.per_layer else arrays[0])
   return params

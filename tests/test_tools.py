@@ -18,3 +18,17 @@ def test_bench_planner_tiny_prints_the_comparison_table(capsys):
   for m in rows:
     planx, hf, ratio = (float(m.group(i)) for i in (3, 4, 5))
     assert planx > 0 and hf > 0 and abs(ratio - planx / hf) <= 0.01 + 0.01 * ratio
+
+
+def test_bench_dit_tiny_prints_the_comparison_table(capsys):
+  from planx_jax.tools import bench_dit
+
+  bench_dit.main(["--tiny"])
+  lines = capsys.readouterr().out.splitlines()
+  assert "planx ms" in lines[1] and "diffusers ms" in lines[1]
+  rows = [re.match(r"^forward\s+(scan|unrolled)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x", line) for line in lines[2:]]
+  assert all(rows) and [m.group(1) for m in rows] == ["scan", "unrolled"]
+  for m in rows:
+    planx, ref, ratio = (float(m.group(i)) for i in (2, 3, 4))
+    # Times are printed to 0.1 ms: allow the ratio that rounding can move it by.
+    assert planx > 0 and ref > 0 and abs(ratio - ref / planx) <= 0.01 + ratio * (0.05 / planx + 0.05 / ref)

@@ -1,7 +1,8 @@
 """`planx convert`: checkpoint conversion between reference formats and planx checkpoints.
 
-planner-from-hf: a transformers Qwen2 directory -> a planx planner checkpoint (with
-the Plan-X vocabulary); planner-to-hf: the reverse. Conversion logic lives in
+planner-from-hf / planner-to-hf: transformers Qwen2 <-> planx planner (with the
+Plan-X vocabulary); dit-from-diffusers / dit-to-diffusers: diffusers Wan transformer
+<-> planx DiT (with the semantic branch). Conversion logic lives in
 `planx_jax.convert`; this module parses arguments and reports progress.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from planx_jax import planner
+from planx_jax import dit, planner
 from planx_jax.checkpoints import tokenizer_dir
 from planx_jax.data import tokenizer as tokenizers
 from planx_jax.plan_tokens import PlanTokens
@@ -67,6 +68,23 @@ def add_parser(sub) -> None:
   p.add_argument("--overwrite", action="store_true")
   p.set_defaults(run=run_planner_to_hf)
 
+  p = kinds.add_parser("dit-from-diffusers", help="diffusers WanTransformer3DModel directory -> planx DiT checkpoint")
+  p.add_argument("src", type=Path, help="diffusers transformer directory: config.json + diffusion_pytorch_model*")
+  p.add_argument("dst", type=Path, help="planx checkpoint directory to create")
+  p.add_argument("--semantic-in-dim", type=int,
+                 help="add a fresh Plan-X semantic branch for semantic embeddings of this width (the TA-Tok "
+                      "code width in stage 1, the planner's hidden size end to end)")
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(run=run_dit_from_diffusers)
+
+  p = kinds.add_parser("dit-to-diffusers", help="planx DiT checkpoint -> diffusers directory (+ semantic branch file)")
+  p.add_argument("src", type=Path, help="planx DiT checkpoint directory")
+  p.add_argument("dst", type=Path, help="diffusers directory to create")
+  p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="tensor dtype (default: as stored)")
+  p.add_argument("--max-shard-size", default="5GB", help="shard the safetensors above this size (default 5GB)")
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(run=run_dit_to_diffusers)
+
 
 def _has_tokenizer(path: Path) -> bool:
   return (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists()
@@ -118,3 +136,26 @@ def run_planner_to_hf(args) -> int:
   log.info("wrote %s (Qwen2ForCausalLM, vocab %d, %.1fs)", args.dst, config.vocab_size, time.time() - start)
   return 0
 
+
+def run_dit_from_diffusers(args) -> int:
+  start = time.time()
+  log.info("reading %s", args.src)
+  config, params = dit.load_diffusers(args.src)
+  if args.semantic_in_dim is not None:
+    log.info("adding the semantic branch (k_sem/v_sem/norm_k_sem copied from the text branch, input width %d)",
+             args.semantic_in_dim)
+    config, params = dit.add_semantic_branch(config, params, args.semantic_in_dim)
+  dit.save_checkpoint(args.dst, config, params, extras={"source": str(args.src.absolute())},
+                      overwrite=args.overwrite)
+  log.info("wrote %s: %s params (%.1fs)", args.dst, f"{dit.param_count(config):,}", time.time() - start)
+  return 0
+
+
+def run_dit_to_diffusers(args) -> int:
+  start = time.time()
+  config, params, _ = dit.load_checkpoint(args.src)
+  dit.save_diffusers(config, params, args.dst, dtype=args.dtype, max_shard_bytes=parse_size(args.max_shard_size),
+                     overwrite=args.overwrite)
+  branch = "" if config.semantic_in_dim is None else " + semantic_branch.safetensors"
+  log.info("wrote %s (WanTransformer3DModel%s, %.1fs)", args.dst, branch, time.time() - start)
+  return 0

@@ -6,17 +6,18 @@ directions cannot drift. PyTorch Linear weights are [out, in]; planx kernels are
 [in, heads, head_dim] / [in, out] and per-layer tensors are stacked on axis 0.
 """
 
-import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from planx_jax.convert.safetensors_io import (DEFAULT_MAX_SHARD_BYTES, SafetensorsReader, atomic_directory,
                                               write_safetensors)
+from planx_jax.convert.table import (Rule, check_tensors, identity, read_json_config, read_params, transpose,
+                                     write_tensors)
 from planx_jax.models.layer_layout import stack_layers, to_layout
 from planx_jax.models.planner_config import PlannerConfig
 
@@ -96,23 +97,10 @@ def config_to_hf(config: PlannerConfig, torch_dtype: str = "float32") -> dict[st
   }
 
 
-@dataclasses.dataclass(frozen=True)
-class Rule:
-  """One HF tensor <-> one planx param (per layer when `per_layer`)."""
-
-  hf_key: str  # with "{i}" for the layer index
-  path: tuple[str, ...]  # planx param path
-  hf_shape: tuple[int, ...]
-  to_planx: Callable[[np.ndarray], np.ndarray]
-  to_hf: Callable[[np.ndarray], np.ndarray]
-  per_layer: bool = True
-
-
 def param_table(config: PlannerConfig) -> list[Rule]:
   h, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
   n, k, d = config.num_heads, config.num_kv_heads, config.head_dim
-  same = lambda x: x  # noqa: E731
-  transpose = lambda x: x.T  # noqa: E731
+  same = identity
 
   def heads_in(heads):  # [heads*D, H] <-> [H, heads, D]
     return (lambda w: w.T.reshape(h, heads, d), lambda w: w.reshape(h, heads * d).T)
@@ -146,32 +134,8 @@ def param_table(config: PlannerConfig) -> list[Rule]:
   return rules
 
 
-def _hf_keys(rule: Rule, num_layers: int) -> list[str]:
-  return [rule.hf_key.format(i=i) for i in range(num_layers)] if rule.per_layer else [rule.hf_key]
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
-def _get(tree: dict, path: tuple[str, ...]):
-  for key in path:
-    if key not in tree:
-      raise ValueError(f"planner params have no entry {'/'.join(path)}")
-    tree = tree[key]
-  return tree
-
-
 def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
-  path = Path(path)
-  config_file = path / "config.json"
-  if not path.is_dir():
-    raise FileNotFoundError(f"{path} is not a directory with a config.json and safetensors files")
-  if not config_file.exists():
-    raise FileNotFoundError(f"{path} has no config.json")
-  return json.loads(config_file.read_text())
+  return read_json_config(path)
 
 
 def load_hf(path: str | os.PathLike, param_dtype: str | np.dtype = "float32",
@@ -185,48 +149,18 @@ def load_hf(path: str | os.PathLike, param_dtype: str | np.dtype = "float32",
   config = config_from_hf(read_hf_config(path), **config_overrides)
   reader = SafetensorsReader(path)
   rules = param_table(config)
-  expected = {key for rule in rules for key in _hf_keys(rule, config.num_layers)}
-  present = set(reader.keys())
-  tied_head = config.tie_word_embeddings and "lm_head.weight" in present
-  unexpected = sorted(present - expected - ({"lm_head.weight"} if tied_head else set()))
-  if unexpected:
-    more = f" (and {len(unexpected) - 5} more)" if len(unexpected) > 5 else ""
-    raise ValueError(f"checkpoint {path} has unexpected tensors {unexpected[:5]}{more} for this Qwen2 config")
-  for rule in rules:
-    for key in _hf_keys(rule, config.num_layers):
-      if key not in present:
-        raise ValueError(f"checkpoint {path} is missing tensor {key!r} (expected shape {rule.hf_shape})")
-      if reader.shape(key) != rule.hf_shape:
-        raise ValueError(f"tensor {key!r} in {path} has shape {reader.shape(key)}, expected {rule.hf_shape} "
-                         "from config.json")
-  dtype = None if param_dtype is None else np.dtype(param_dtype)
-  params: dict = {}
-  for rule in rules:
-    arrays = [rule.to_planx(reader.get(key)) for key in _hf_keys(rule, config.num_layers)]
-    value = np.stack(arrays) if rule.per_layer else arrays[0]
-    _set(params, rule.path, value if dtype is None else value.astype(dtype))
-  params = to_layout(params, config.num_layers, config.scan_layers)
+  tied_head = config.tie_word_embeddings and "lm_head.weight" in reader
+  check_tensors(reader, rules, config.num_layers, allowed_extra=("lm_head.weight",) if tied_head else ())
+  params = read_params(reader, rules, config.num_layers, param_dtype)
   if tied_head and not np.array_equal(reader.get("lm_head.weight"), reader.get("model.embed_tokens.weight")):
     raise ValueError(f"checkpoint {path} ties word embeddings but its lm_head.weight differs from "
                      "model.embed_tokens.weight")
-  return config, params
+  return config, to_layout(params, config.num_layers, config.scan_layers)
 
 
 def to_hf_state_dict(config: PlannerConfig, params: dict, dtype: str | np.dtype | None = None) -> dict:
   """planx params (either layer layout) -> {HF name: numpy array} (optionally cast to `dtype`)."""
-  params = stack_layers(params, config.num_layers)
-  out = {}
-  for rule in param_table(config):
-    value = np.asarray(_get(params, rule.path))
-    keys = _hf_keys(rule, config.num_layers)
-    slices = [value[i] for i in range(len(keys))] if rule.per_layer else [value]
-    for key, piece in zip(keys, slices):
-      tensor = rule.to_hf(piece)
-      if tensor.shape != rule.hf_shape:
-        raise ValueError(f"param {'/'.join(rule.path)} gives {key!r} of shape {tensor.shape}, expected "
-                         f"{rule.hf_shape}")
-      out[key] = tensor if dtype is None else tensor.astype(dtype)
-  return out
+  return write_tensors(stack_layers(params, config.num_layers), param_table(config), config.num_layers, dtype)
 
 
 def save_hf(config: PlannerConfig, params: dict, path: str | os.PathLike, *, dtype: str | None = None,

@@ -32,7 +32,8 @@ def _pickle_error(path: Path) -> ValueError:
 class SafetensorsReader:
   """Lazy access to the tensors of a safetensors checkpoint directory (or file)."""
 
-  def __init__(self, path: str | os.PathLike):
+  def __init__(self, path: str | os.PathLike, exclude: tuple[str, ...] = ()):
+    """`exclude`: file names in the directory that are not part of this checkpoint."""
     path = Path(path)
     if not path.exists():
       raise FileNotFoundError(f"checkpoint path {path} does not exist")
@@ -42,7 +43,7 @@ class SafetensorsReader:
       files = [path]
     else:
       indexes = sorted(path.glob("*.safetensors.index.json"))
-      files = sorted(path.glob("*.safetensors"))
+      files = sorted(f for f in path.glob("*.safetensors") if f.name not in exclude)
       if indexes:
         weight_map = json.loads(indexes[0].read_text())["weight_map"]
         files = [path / name for name in sorted(set(weight_map.values()))]

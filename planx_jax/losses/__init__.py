@@ -1,8 +1,15 @@
-"""Losses as pure functions of arrays: the planner's masked / chunked NLL (Plan-X Eq. 2).
+"""Losses as pure functions of arrays: the planner's masked / chunked NLL (Plan-X Eq. 2) and flow
+matching for the DiT (Eq. 4) with its timestep samplers and condition dropout. RL objectives join later."""
 
-Flow-matching and RL losses join this package with the DiT and RL issues.
-"""
-
+from planx_jax.losses.flow import (NUM_TRAIN_TIMESTEPS, SIGMA_KINDS, FlowLoss, TimestepSampling, apply_fixed_frames,
+                                   drop_condition, first_frame_mask, flow_matching_loss, interpolate,
+                                   per_frame_sigmas, per_token_sigmas, sample_sigmas, shift_sigmas,
+                                   sigma_to_timestep, text_drop_prob, velocity_target, x0_from_velocity)
 from planx_jax.losses.lm import HEAD_LAYOUTS, LossOutput, chunked_masked_nll, masked_nll, next_token_targets
 
-__all__ = ["HEAD_LAYOUTS", "LossOutput", "chunked_masked_nll", "masked_nll", "next_token_targets"]
+__all__ = [
+    "HEAD_LAYOUTS", "NUM_TRAIN_TIMESTEPS", "SIGMA_KINDS", "FlowLoss", "LossOutput", "TimestepSampling",
+    "apply_fixed_frames", "chunked_masked_nll", "drop_condition", "first_frame_mask", "flow_matching_loss",
+    "interpolate", "masked_nll", "next_token_targets", "per_frame_sigmas", "per_token_sigmas", "sample_sigmas",
+    "shift_sigmas", "sigma_to_timestep", "text_drop_prob", "velocity_target", "x0_from_velocity",
+]

@@ -1,8 +1,8 @@
 """Rotary position embeddings with float positions (scaled grids work).
 
-Half-split ("rotate_half") 1D RoPE as in Qwen2. Tables are computed and applied in
-fp32; the result is cast back to the input dtype. The interleaved 3D variant for
-the DiT lives next to it when the DiT lands.
+Half-split ("rotate_half") 1D RoPE as in Qwen2, and Wan's interleaved-pair 3D RoPE
+(t / h / w slices of head_dim). Tables are computed and applied in fp32; results are
+cast back to the input dtype.
 """
 
 import jax
@@ -36,3 +36,62 @@ def apply_rope_half(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   cos, sin = cos[:, :, None, :], sin[:, :, None, :]
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
+
+
+# --- Wan's 3D RoPE: interleaved pairs, head_dim split into t / h / w ------------------------------
+
+
+def rope3d_axis_dims(head_dim: int) -> tuple[int, int, int]:
+  """Rotary dims per axis (t, h, w): (d - 4 (d // 6), 2 (d // 6), 2 (d // 6)); 44/42/42 for d = 128."""
+  h = w = 2 * (head_dim // 6)
+  t = head_dim - h - w
+  if t % 2 or t <= 0:
+    raise ValueError(f"3D RoPE needs an even head_dim >= 6, got {head_dim}")
+  return t, h, w
+
+
+def _rope3d_inv_frequencies(head_dim: int, theta: float) -> list[np.ndarray]:
+  """Per-axis inverse frequencies in float64: theta ** (-2j / dim_axis)."""
+  return [1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)) for dim in rope3d_axis_dims(head_dim)]
+
+
+def rope3d_tables(positions: jax.Array, head_dim: int, theta: float = 10000.0) -> tuple[jax.Array, jax.Array]:
+  """cos, sin [..., L, head_dim // 2] fp32 for float positions [..., L, 3] (t, h, w); traced positions."""
+  positions = positions.astype(jnp.float32)
+  angles = [positions[..., axis, None] * inv.astype(np.float32)  # [..., L, dim_axis / 2]
+            for axis, inv in enumerate(_rope3d_inv_frequencies(head_dim, theta))]
+  angles = jnp.concatenate(angles, axis=-1)  # [..., L, D/2]
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def grid_positions(grid: tuple[int, int, int]) -> np.ndarray:
+  """[F*H*W, 3] integer (f, h, w) positions of a token grid, ordered f, then h, then w."""
+  f, h, w = np.meshgrid(*(np.arange(n) for n in grid), indexing="ij")
+  return np.stack([f, h, w], axis=-1).reshape(-1, 3)
+
+
+def video_rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
+  """cos, sin [F*H*W, head_dim // 2] fp32 for the integer token grid, computed in float64.
+
+  Static (NumPy) because the grid depends on shapes only.
+  """
+  positions = grid_positions(grid).astype(np.float64)
+  angles = np.concatenate([positions[:, axis, None] * inv  # [L, dim_axis / 2]
+                           for axis, inv in enumerate(_rope3d_inv_frequencies(head_dim, theta))], axis=-1)
+  return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def apply_rope_interleaved(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotate interleaved pairs (x[2i], x[2i+1]) by the angle of frequency i, in fp32.
+
+  Args:
+    x: [B, L, H, D].
+    cos, sin: [B or 1, L, D/2] (or [L, D/2]) fp32.
+  """
+  if cos.ndim == 2:
+    cos, sin = cos[None], sin[None]
+  x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)  # [B, L, H, D/2, 2]
+  x1, x2 = x32[..., 0], x32[..., 1]
+  cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+  out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)  # [B, L, H, D/2, 2]
+  return out.reshape(x.shape).astype(x.dtype)

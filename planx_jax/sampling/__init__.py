@@ -1,8 +1,9 @@
-"""Planner sampling: logits processing, the plan grammar and KV-cache decoding.
+"""Sampling: the planner's logits processing, plan grammar and KV-cache decoding; the DiT's flow
+samplers (Euler, UniPC) with CFG and first-frame conditioning. Nothing in this package trains."""
 
-Flow-matching samplers for the DiT will live here too; nothing in this package trains.
-"""
-
+from planx_jax.sampling.flow_sampler import SOLVERS, sample_flow
+from planx_jax.sampling.flow_schedulers import (UNIPC_ORDER, UniPCCoefficients, UniPCState, euler_sigmas, euler_step,
+                                                unipc_coefficients, unipc_init, unipc_sigmas, unipc_step)
 from planx_jax.sampling.logits_processing import (
     SamplingConfig,
     apply_allowed,
@@ -32,6 +33,8 @@ from planx_jax.sampling.planner_decode import (
 )
 
 __all__ = [
+    "SOLVERS", "UNIPC_ORDER", "UniPCCoefficients", "UniPCState", "euler_sigmas", "euler_step", "sample_flow",
+    "unipc_coefficients", "unipc_init", "unipc_sigmas", "unipc_step",
     "CODES_PER_KEYFRAME", "DEFAULT_STOP", "KEYFRAME_LEN", "PAD_ID", "GenerateOutput", "PaddedPrompts",
     "PlanGrammar", "PlanSamples", "SamplingConfig", "apply_allowed", "apply_temperature", "apply_top_k",
     "apply_top_p", "check_context", "filter_logits", "generate", "pad_prompts", "plan_to_codes",

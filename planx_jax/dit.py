@@ -1,0 +1,82 @@
+"""Public entry points of the video DiT: model, presets, params, the semantic branch, conversion, checkpoints.
+
+Gathers what lives in `models/dit*.py` and `convert/wan_dit.py` under the names users
+import (`planx_jax.dit.load_diffusers`, ...). Glue only.
+"""
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from planx_jax import checkpoints
+from planx_jax.convert.wan_dit import load_diffusers, save_diffusers
+from planx_jax.models import layer_layout
+from planx_jax.models.dit import DiT
+from planx_jax.models.dit_config import DiTConfig
+from planx_jax.models.dit_semantic import (add_semantic_branch, batch_positions, semantic_branch_labels,
+                                           semantic_positions, video_token_grid)
+from planx_jax.sampling.dit_sampling import sample_latents
+
+__all__ = [
+    "DiT", "DiTConfig", "abstract_params", "add_semantic_branch", "batch_positions", "init_params",
+    "load_checkpoint", "load_diffusers", "param_count", "param_logical_axes", "save_checkpoint", "save_diffusers",
+    "sample_latents", "semantic_branch_labels", "semantic_positions", "video_token_grid",
+]
+
+CHECKPOINT_KIND = "dit"
+RUNTIME_FIELDS = {"dtype", "param_dtype", "attention_impl", "scan_layers"}
+
+
+def _example_inputs(config: DiTConfig):
+  """Smallest inputs that create every param (one patch, one text token, one semantic token)."""
+  pt, ph, pw = config.patch_size
+  inputs = (jnp.zeros((1, pt, ph, pw, config.in_channels)), jnp.zeros((1,)), jnp.zeros((1, 1, config.text_dim)))
+  if config.semantic_in_dim is None:
+    return inputs, {}
+  return inputs, {"semantic": jnp.zeros((1, 1, config.semantic_in_dim)), "semantic_positions": jnp.zeros((1, 1, 3))}
+
+
+def _boxed_init(config: DiTConfig, rng: jax.Array):
+  args, kwargs = _example_inputs(config)
+  return DiT(config).init(rng, *args, **kwargs)
+
+
+def init_params(config: DiTConfig, rng: jax.Array) -> dict:
+  """Random params (normal(0.02) kernels, zero biases, unit norms, Wan's scaled-normal tables)."""
+  return nn.unbox(_boxed_init(config, rng))["params"]
+
+
+def abstract_params(config: DiTConfig) -> dict:
+  return nn.unbox(jax.eval_shape(functools.partial(_boxed_init, config), jax.random.key(0)))["params"]
+
+
+def param_count(config: DiTConfig) -> int:
+  return sum(x.size for x in jax.tree.leaves(abstract_params(config)))
+
+
+def param_logical_axes(config: DiTConfig) -> dict:
+  return nn.get_partition_spec(jax.eval_shape(functools.partial(_boxed_init, config), jax.random.key(0)))["params"]
+
+
+def save_checkpoint(path: str | os.PathLike, config: DiTConfig, params: dict, *,
+                    extras: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+  """Writes a planx DiT checkpoint directory (what `planx generate` and training read)."""
+  return checkpoints.save_model(path, kind=CHECKPOINT_KIND, config=config.to_dict(), params=params, extras=extras,
+                                overwrite=overwrite)
+
+
+def load_checkpoint(path: str | os.PathLike, **config_overrides):
+  """Reads a DiT checkpoint directory -> (config, params, meta); overrides may change run-time fields only."""
+  architecture = sorted(set(config_overrides) - RUNTIME_FIELDS)
+  if architecture:
+    raise ValueError(f"load_checkpoint cannot override {architecture}: only {sorted(RUNTIME_FIELDS)}")
+  meta = checkpoints.load_meta(path, CHECKPOINT_KIND)
+  stored = DiTConfig.from_dict(meta["config"])
+  config = stored.replace(**config_overrides)
+  params = checkpoints.restore_params(path, abstract_params(stored))
+  return config, layer_layout.to_layout(params, config.num_layers, config.scan_layers, "blocks"), meta
