@@ -1,12 +1,12 @@
-"""Helpers shared by the frozen model-config dataclasses: strict dict I/O.
+"""Helpers shared by the frozen model-config dataclasses: strict dict I/O and named presets.
 
-Model presets are frozen dataclasses; this module only turns them into and out
-of plain dicts (JSON) and rejects keys it does not know, naming them.
+Model presets are frozen dataclasses; `ConfigMixin` gives each one `from_dict` /
+`to_dict` / `replace` / `preset` with unknown keys rejected by name.
 """
 
 import dataclasses
 import difflib
-from typing import Any, Mapping, TypeVar
+from typing import Any, ClassVar, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -28,5 +28,25 @@ def config_from_dict(cls: type[T], values: Mapping[str, Any], base: T | None = N
   return dataclasses.replace(base, **values)
 
 
-def config_to_dict(config: Any) -> dict[str, Any]:
-  return dataclasses.asdict(config)
+class ConfigMixin:
+  """For frozen config dataclasses. `PRESETS` names the classmethods that build presets."""
+
+  PRESETS: ClassVar[tuple[str, ...]] = ()
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any], base=None):
+    return config_from_dict(cls, values, base)
+
+  def to_dict(self) -> dict[str, Any]:
+    """Plain JSON-ready values (tuples become lists)."""
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()}
+
+  def replace(self, **overrides):
+    return self.from_dict(overrides, base=self)
+
+  @classmethod
+  def preset(cls, name: str, **overrides):
+    if name not in cls.PRESETS:
+      raise ValueError(f"unknown {cls.__name__} preset {name!r}; available: {', '.join(cls.PRESETS)}")
+    return getattr(cls, name)(**overrides)

@@ -4,18 +4,17 @@ Gathers what lives in `models/dit*.py` and `convert/wan_dit.py` under the names 
 import (`planx_jax.dit.load_diffusers`, ...). Glue only.
 """
 
-import functools
 import os
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from planx_jax import checkpoints
 from planx_jax.convert.wan_dit import load_diffusers, save_diffusers
 from planx_jax.models import layer_layout
+from planx_jax.models import params as model_params
 from planx_jax.models.dit import DiT
 from planx_jax.models.dit_config import DiTConfig
 from planx_jax.models.dit_semantic import (add_semantic_branch, batch_positions, semantic_branch_labels,
@@ -41,26 +40,26 @@ def _example_inputs(config: DiTConfig):
   return inputs, {"semantic": jnp.zeros((1, 1, config.semantic_in_dim)), "semantic_positions": jnp.zeros((1, 1, 3))}
 
 
-def _boxed_init(config: DiTConfig, rng: jax.Array):
+def _boxed_init(config: DiTConfig):
   args, kwargs = _example_inputs(config)
-  return DiT(config).init(rng, *args, **kwargs)
+  return lambda rng: DiT(config).init(rng, *args, **kwargs)
 
 
 def init_params(config: DiTConfig, rng: jax.Array) -> dict:
   """Random params (normal(0.02) kernels, zero biases, unit norms, Wan's scaled-normal tables)."""
-  return nn.unbox(_boxed_init(config, rng))["params"]
+  return model_params.init_params(_boxed_init(config), rng)
 
 
 def abstract_params(config: DiTConfig) -> dict:
-  return nn.unbox(jax.eval_shape(functools.partial(_boxed_init, config), jax.random.key(0)))["params"]
+  return model_params.abstract_params(_boxed_init(config))
 
 
 def param_count(config: DiTConfig) -> int:
-  return sum(x.size for x in jax.tree.leaves(abstract_params(config)))
+  return model_params.param_count(_boxed_init(config))
 
 
 def param_logical_axes(config: DiTConfig) -> dict:
-  return nn.get_partition_spec(jax.eval_shape(functools.partial(_boxed_init, config), jax.random.key(0)))["params"]
+  return model_params.param_logical_axes(_boxed_init(config))
 
 
 def save_checkpoint(path: str | os.PathLike, config: DiTConfig, params: dict, *,

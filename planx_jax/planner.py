@@ -5,18 +5,17 @@ names users import (`planx_jax.planner.load_hf`, ...). No logic of its own beyon
 glue.
 """
 
-import functools
 import os
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from planx_jax import checkpoints
 from planx_jax.convert.qwen2 import load_hf, save_hf
 from planx_jax.models import layer_layout
+from planx_jax.models import params as model_params
 from planx_jax.models.planner import KVCache, Planner, PlannerOutput, init_cache
 from planx_jax.models.planner_config import PlannerConfig
 from planx_jax.models.vocab import extend_vocab
@@ -34,28 +33,27 @@ CHECKPOINT_KIND = "planner"
 RUNTIME_FIELDS = {"dtype", "param_dtype", "attention_impl", "scan_layers", "max_position_embeddings"}
 
 
-def _boxed_init(config: PlannerConfig, rng: jax.Array):
-  return Planner(config).init(rng, jnp.zeros((1, 1), jnp.int32))
+def _boxed_init(config: PlannerConfig):
+  return lambda rng: Planner(config).init(rng, jnp.zeros((1, 1), jnp.int32))
 
 
 def init_params(config: PlannerConfig, rng: jax.Array) -> dict:
   """Random params (normal(0.02) kernels, zero biases, unit norms) as a plain nested dict."""
-  return nn.unbox(_boxed_init(config, rng))["params"]
+  return model_params.init_params(_boxed_init(config), rng)
 
 
 def abstract_params(config: PlannerConfig) -> dict:
   """Param tree of `jax.ShapeDtypeStruct`, without allocating anything."""
-  return nn.unbox(jax.eval_shape(functools.partial(_boxed_init, config), jax.random.key(0)))["params"]
+  return model_params.abstract_params(_boxed_init(config))
 
 
 def param_count(config: PlannerConfig) -> int:
-  return sum(x.size for x in jax.tree.leaves(abstract_params(config)))
+  return model_params.param_count(_boxed_init(config))
 
 
 def param_logical_axes(config: PlannerConfig) -> dict:
   """Param tree of `PartitionSpec`s over logical axis names ("layers", "embed", "heads", ...)."""
-  boxed = jax.eval_shape(functools.partial(_boxed_init, config), jax.random.key(0))
-  return nn.get_partition_spec(boxed)["params"]
+  return model_params.param_logical_axes(_boxed_init(config))
 
 
 def save_checkpoint(path: str | os.PathLike, config: PlannerConfig, params: dict, *,

@@ -63,5 +63,5 @@ def test_bad_config_is_named(overrides, message):
 
 
 def test_unknown_preset():
-  with pytest.raises(ValueError, match="unknown planner preset 'qwen3'"):
+  with pytest.raises(ValueError, match="unknown PlannerConfig preset 'qwen3'; available: qwen2_5_0_5b, qwen2_5_1_5b, qwen2_5_7b, tiny"):
     planner.PlannerConfig.preset("qwen3")

@@ -7,9 +7,7 @@ same weights (through the converter), same run. Prints a table with the planx / 
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +17,7 @@ from diffusers import WanTransformer3DModel
 
 from planx_jax import dit
 from planx_jax.convert.wan_dit import config_to_diffusers
+from planx_jax.tools.timing import median_seconds
 
 # About 50M parameters: 10 Wan blocks of width 512 (8 heads of 64), FFN 2048, Wan's 48 latent channels and
 # 4096-wide umT5 text states.
@@ -26,16 +25,6 @@ BENCH_CONFIG = dict(num_heads=8, head_dim=64, in_channels=48, out_channels=48, t
                     ffn_dim=2048, num_layers=10)
 TINY_CONFIG = dict(num_heads=2, head_dim=12, in_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32,
                    num_layers=2)
-
-
-def _median_seconds(fn, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def build_models(config: dit.DiTConfig, seed: int = 0):
@@ -75,13 +64,13 @@ def main(argv=None) -> None:
     reference, config, params = build_models(base.replace(scan_layers=scan))
     forward = jax.jit(dit.DiT(config).apply)
     jax_inputs = (jnp.asarray(latents), jnp.asarray(timestep), jnp.asarray(text))
-    planx_s = _median_seconds(lambda: forward({"params": params}, *jax_inputs).block_until_ready(), args.repeats)
+    planx_s = median_seconds(lambda: forward({"params": params}, *jax_inputs).block_until_ready(), args.repeats)
 
     def diffusers_forward():
       with torch.no_grad():
         reference(*torch_inputs)
 
-    ref_s = _median_seconds(diffusers_forward, args.repeats)
+    ref_s = median_seconds(diffusers_forward, args.repeats)
     layout = "scan" if scan else "unrolled"
     print(f"{'forward':<26} {layout:>9} {planx_s * 1e3:>10.1f} {ref_s * 1e3:>13.1f} {ref_s / planx_s:>6.2f}x")
 

@@ -10,7 +10,6 @@ test: nothing here asserts a speed.
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 
@@ -24,23 +23,13 @@ from planx_jax import planner
 from planx_jax.convert import qwen2
 from planx_jax.models.layer_layout import unstack_layers
 from planx_jax.sampling import SamplingConfig, generate
+from planx_jax.tools.timing import median_seconds
 
 # About 100M parameters: 12 Qwen2 layers of width 768 (GQA 12/2, head_dim 64) and a 32K tied vocabulary.
 BENCH_CONFIG = dict(vocab_size=32768, hidden_size=768, intermediate_size=2048, num_layers=12, num_heads=12,
                     num_kv_heads=2, head_dim=64, tie_word_embeddings=True, max_position_embeddings=4096)
 TINY_CONFIG = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                    head_dim=16, tie_word_embeddings=True, max_position_embeddings=1024)
-
-
-def _time(fn, repeats: int) -> float:
-  """Median wall seconds of `fn()` over `repeats` runs (after one warm-up run)."""
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def build_models(config: planner.PlannerConfig, seed: int = 0):
@@ -59,14 +48,14 @@ def bench_forward(hf_model, config, params, batch: int, length: int, repeats: in
   ids = np.random.RandomState(0).randint(0, config.vocab_size, (batch, length))
   forward = jax.jit(planner.Planner(config).apply)
   jax_ids = jnp.asarray(ids)
-  planx_s = _time(lambda: forward({"params": params}, jax_ids).block_until_ready(), repeats)
+  planx_s = median_seconds(lambda: forward({"params": params}, jax_ids).block_until_ready(), repeats)
   torch_ids = torch.tensor(ids)
 
   def hf_forward():
     with torch.no_grad():
       hf_model(torch_ids, use_cache=False)
 
-  hf_s = _time(hf_forward, repeats)
+  hf_s = median_seconds(hf_forward, repeats)
   return batch * length / planx_s, batch * length / hf_s
 
 
@@ -82,7 +71,7 @@ def bench_decode(hf_model, config, params, batch: int, prompt_len: int, new_toke
   compile_start = time.perf_counter()
   planx_decode()
   compile_s = time.perf_counter() - compile_start
-  planx_s = _time(planx_decode, repeats)
+  planx_s = median_seconds(planx_decode, repeats)
   torch_prompts = torch.tensor(prompts)
 
   def hf_decode():
@@ -90,7 +79,7 @@ def bench_decode(hf_model, config, params, batch: int, prompt_len: int, new_toke
       hf_model.generate(torch_prompts, attention_mask=torch.ones_like(torch_prompts), max_new_tokens=new_tokens,
                         min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=0)
 
-  hf_s = _time(hf_decode, repeats)
+  hf_s = median_seconds(hf_decode, repeats)
   return batch * new_tokens / planx_s, batch * new_tokens / hf_s, compile_s
 
 

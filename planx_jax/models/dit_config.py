@@ -5,14 +5,14 @@ maps diffusers' `config.json` onto these fields.
 """
 
 import dataclasses
-from typing import Any
+from typing import ClassVar
 
-from planx_jax.config_utils import config_from_dict
+from planx_jax.config_utils import ConfigMixin
 from planx_jax.models.layers import dtype_of
 
 
 @dataclasses.dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(ConfigMixin):
   """Wan DiT hyper-parameters.
 
   `semantic_in_dim` is the width of the semantic embeddings the Plan-X branch
@@ -40,6 +40,8 @@ class DiTConfig:
   param_dtype: str = "float32"
   attention_impl: str = "auto"
   scan_layers: bool = True
+
+  PRESETS: ClassVar[tuple[str, ...]] = ("wan2_2_ti2v_5b", "tiny")
 
   def __post_init__(self):
     from planx_jax.kernels.attention.dispatch import validate_impl
@@ -82,22 +84,3 @@ class DiTConfig:
         num_heads=4, head_dim=12, in_channels=8, out_channels=8, text_dim=32, freq_dim=32, ffn_dim=96,
         num_layers=2, rope_max_seq_len=256))
 
-  @classmethod
-  def preset(cls, name: str, **overrides) -> "DiTConfig":
-    presets = {"wan2_2_ti2v_5b": cls.wan2_2_ti2v_5b, "tiny": cls.tiny}
-    if name not in presets:
-      raise ValueError(f"unknown DiT preset {name!r}; available: {', '.join(presets)}")
-    return presets[name](**overrides)
-
-  # --- dict I/O --------------------------------------------------------------
-  @classmethod
-  def from_dict(cls, values: dict[str, Any], base: "DiTConfig | None" = None) -> "DiTConfig":
-    return config_from_dict(cls, values, base)
-
-  def to_dict(self) -> dict[str, Any]:
-    values = dataclasses.asdict(self)
-    values["patch_size"] = list(self.patch_size)
-    return values
-
-  def replace(self, **overrides) -> "DiTConfig":
-    return self.from_dict(overrides, base=self)

@@ -4,14 +4,14 @@ It is the MMDiT variant of Plan-X Section 6.2, for tests and research; not a con
 """
 
 import dataclasses
-from typing import Any
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax.config_utils import config_from_dict
+from planx_jax.config_utils import ConfigMixin
 from planx_jax.kernels.attention import attention
 from planx_jax.models.dit import layer_norm, timestep_embedding
 from planx_jax.models.layers import Einsum, RMSNorm, dtype_of
@@ -21,7 +21,7 @@ Rope = tuple[jax.Array, jax.Array]  # cos, sin [B or 1, L, head_dim / 2] fp32
 
 
 @dataclasses.dataclass(frozen=True)
-class MMDiTConfig:
+class MMDiTConfig(ConfigMixin):
   """Hyper-parameters of the MMDiT. The width is num_heads * head_dim.
 
   `semantic_in_dim` is the width of the semantic embeddings (TA-Tok codebook vectors or planner hidden
@@ -44,6 +44,8 @@ class MMDiTConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention_impl: str = "auto"
+
+  PRESETS: ClassVar[tuple[str, ...]] = ("tiny",)
 
   def __post_init__(self):
     from planx_jax.kernels.attention.dispatch import validate_impl
@@ -73,23 +75,6 @@ class MMDiTConfig:
     return cls.from_dict(overrides, base=cls(
         in_channels=4, out_channels=4, text_dim=24, num_layers=2, num_heads=2, head_dim=16, mlp_dim=64,
         freq_dim=32))
-
-  @classmethod
-  def preset(cls, name: str, **overrides) -> "MMDiTConfig":
-    presets = {"tiny": cls.tiny}
-    if name not in presets:
-      raise ValueError(f"unknown MMDiT preset {name!r}; available: {', '.join(presets)}")
-    return presets[name](**overrides)
-
-  @classmethod
-  def from_dict(cls, values: dict[str, Any], base: "MMDiTConfig | None" = None) -> "MMDiTConfig":
-    return config_from_dict(cls, values, base)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def replace(self, **overrides) -> "MMDiTConfig":
-    return self.from_dict(overrides, base=self)
 
   @property
   def hidden_size(self) -> int:

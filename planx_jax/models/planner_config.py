@@ -5,14 +5,14 @@ vocabulary extension, which `planx_jax.models.vocab` applies).
 """
 
 import dataclasses
-from typing import Any
+from typing import ClassVar
 
-from planx_jax.config_utils import config_from_dict
+from planx_jax.config_utils import ConfigMixin
 from planx_jax.models.layers import dtype_of
 
 
 @dataclasses.dataclass(frozen=True)
-class PlannerConfig:
+class PlannerConfig(ConfigMixin):
   """Hyper-parameters of the semantic planner (a Qwen2 decoder).
 
   vocab_size counts embedding rows (Qwen2.5 pads its tokenizer's 151665 entries
@@ -39,6 +39,8 @@ class PlannerConfig:
   param_dtype: str = "float32"
   attention_impl: str = "auto"
   scan_layers: bool = True
+
+  PRESETS: ClassVar[tuple[str, ...]] = ("qwen2_5_0_5b", "qwen2_5_1_5b", "qwen2_5_7b", "tiny")
 
   def __post_init__(self):
     from planx_jax.kernels.attention.dispatch import validate_impl
@@ -82,25 +84,6 @@ class PlannerConfig:
     return cls.from_dict(overrides, base=cls(
         vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
         head_dim=16, max_position_embeddings=8192, tie_word_embeddings=True))
-
-  @classmethod
-  def preset(cls, name: str, **overrides) -> "PlannerConfig":
-    presets = {"qwen2_5_0_5b": cls.qwen2_5_0_5b, "qwen2_5_1_5b": cls.qwen2_5_1_5b,
-               "qwen2_5_7b": cls.qwen2_5_7b, "tiny": cls.tiny}
-    if name not in presets:
-      raise ValueError(f"unknown planner preset {name!r}; available: {', '.join(presets)}")
-    return presets[name](**overrides)
-
-  # --- dict I/O --------------------------------------------------------------
-  @classmethod
-  def from_dict(cls, values: dict[str, Any], base: "PlannerConfig | None" = None) -> "PlannerConfig":
-    return config_from_dict(cls, values, base)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def replace(self, **overrides) -> "PlannerConfig":
-    return self.from_dict(overrides, base=self)
 
   @property
   def num_groups(self) -> int:
