@@ -215,7 +215,8 @@ class DiT(nn.Module):
                (None, None, None, None, "embed"), (cfg.dim,), ("embed",), dtype=dtype, param_dtype=pdtype,
                name="patch_embedding")(x)  # [B, L, D]
 
-    # Time: fp32 sinusoid -> MLP (fp32) -> 6-way projection (fp32).
+    # Time: fp32 sinusoid -> MLP (fp32) -> 6-way projection (fp32), as original Wan; diffusers runs the
+    # projection in the model dtype, which only differs from this in bf16.
     t = timestep if timestep.ndim == 2 else timestep[:, None]  # [B, L|1]
     temb = MLP2(cfg.dim, "silu", jnp.float32, pdtype, name="time_embedding")(timestep_embedding(t, cfg.freq_dim))
     modulation = Einsum("bld,dkc->blkc", (cfg.dim, 6, cfg.dim), ("embed", None, "mlp"), (6, cfg.dim), (None, "mlp"),
