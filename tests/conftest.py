@@ -11,6 +11,18 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 
+def randomize_weights(model, seed: int, scale: float):
+  """Overwrites every tensor of a torch model with normal(0, scale) noise (norm scales around 1); returns it."""
+  import torch
+
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      noise = torch.randn(param.shape, generator=generator) * scale
+      param.copy_(noise + 1.0 if "norm" in name else noise)
+  return model
+
+
 # Tiny Qwen2 configs covering tied / untied embeddings, GQA ratios 1, 2 and 7, and
 # hidden sizes that are not powers of two (45 is odd: head_dim is set explicitly).
 TINY_QWEN2_CONFIGS = {
@@ -32,12 +44,7 @@ def build_hf_qwen2(seed: int = 0, vocab_size: int = 320, num_hidden_layers: int 
   values.update(kwargs)
   torch.manual_seed(seed)
   model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**values)).eval()
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, param in model.named_parameters():
-      noise = torch.randn(param.shape, generator=generator) * 0.1
-      param.copy_(noise + 1.0 if "norm" in name else noise)
-  return model
+  return randomize_weights(model, seed, 0.1)
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +87,7 @@ def build_wan_dit(seed: int = 0, **kwargs):
   values.update(kwargs)
   torch.manual_seed(seed)
   model = WanTransformer3DModel(**values).eval()
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, param in model.named_parameters():
-      noise = torch.randn(param.shape, generator=generator) * 0.2
-      param.copy_(noise + 1.0 if "norm" in name else noise)
-  return model
+  return randomize_weights(model, seed, 0.2)
 
 
 @pytest.fixture(scope="session")

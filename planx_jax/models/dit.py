@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from planx_jax.kernels.attention import attention, split_cross_attention
 from planx_jax.models.dit_config import DiTConfig
+from planx_jax.models.dit_semantic import check_semantic_inputs
 from planx_jax.models.layers import Einsum, RMSNorm, dtype_of
 from planx_jax.models.rope import apply_rope_interleaved, rope3d_tables, video_rope_tables
 
@@ -166,21 +167,7 @@ class DiT(nn.Module):
       raise ValueError(f"timestep must be [B]={b} or per token [B, L]=[{b}, {tokens}], got {tuple(timestep.shape)}")
     if text_emb.ndim != 3 or text_emb.shape[0] != b or text_emb.shape[-1] != cfg.text_dim:
       raise ValueError(f"text_emb must be [B={b}, T, text_dim={cfg.text_dim}], got {tuple(text_emb.shape)}")
-    if semantic is None:
-      if semantic_positions is not None or semantic_mask is not None:
-        raise ValueError("semantic_positions / semantic_mask given without semantic tokens")
-      return grid
-    if cfg.semantic_in_dim is None:
-      raise ValueError("semantic tokens given but the DiT has no semantic branch (use add_semantic_branch)")
-    if semantic.ndim != 3 or semantic.shape[0] != b or semantic.shape[-1] != cfg.semantic_in_dim:
-      raise ValueError(f"semantic must be [B={b}, S, semantic_in_dim={cfg.semantic_in_dim}], got "
-                       f"{tuple(semantic.shape)}")
-    s = semantic.shape[1]
-    if semantic_positions is None or tuple(semantic_positions.shape) != (b, s, 3):
-      got = None if semantic_positions is None else tuple(semantic_positions.shape)
-      raise ValueError(f"semantic_positions must be [B, S, 3] = [{b}, {s}, 3] (f, h, w), got {got}")
-    if semantic_mask is not None and tuple(semantic_mask.shape) != (b, s):
-      raise ValueError(f"semantic_mask must be [B, S] = [{b}, {s}], got {tuple(semantic_mask.shape)}")
+    check_semantic_inputs(cfg.semantic_in_dim, b, semantic, semantic_positions, semantic_mask)
     return grid
 
   @nn.compact

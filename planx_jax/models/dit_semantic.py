@@ -62,6 +62,29 @@ def add_semantic_branch(config: DiTConfig, params: dict, semantic_in_dim: int,
   return new_config, params
 
 
+def check_semantic_inputs(semantic_in_dim: int | None, batch: int, semantic, semantic_positions,
+                          semantic_mask) -> None:
+  """Shape checks shared by the DiT and the MMDiT for semantic embeddings [B, S, semantic_in_dim], their
+  positions [B, S, 3] and an optional mask [B, S]; raises ValueError naming the offending input."""
+  if semantic is None:
+    for name, value in (("semantic_positions", semantic_positions), ("semantic_mask", semantic_mask)):
+      if value is not None:
+        raise ValueError(f"{name} was given without semantic embeddings")
+    return
+  if semantic_in_dim is None:
+    raise ValueError("semantic embeddings were given but the model has no semantic branch (semantic_in_dim is "
+                     "None); add one with add_semantic_branch")
+  if semantic.ndim != 3 or semantic.shape[0] != batch or semantic.shape[-1] != semantic_in_dim:
+    raise ValueError(f"semantic must be [B={batch}, S, semantic_in_dim={semantic_in_dim}], got "
+                     f"{tuple(semantic.shape)}")
+  s = semantic.shape[1]
+  if semantic_positions is None or tuple(semantic_positions.shape) != (batch, s, 3):
+    got = None if semantic_positions is None else tuple(semantic_positions.shape)
+    raise ValueError(f"semantic_positions must be [B, S, 3] = [{batch}, {s}, 3] (f, h, w), got {got}")
+  if semantic_mask is not None and tuple(semantic_mask.shape) != (batch, s):
+    raise ValueError(f"semantic_mask must be [B, S] = [{batch}, {s}], got {tuple(semantic_mask.shape)}")
+
+
 def semantic_branch_labels(params: dict) -> dict:
   """"trainable" for the semantic branch (MLP, k_sem, v_sem, norm_k_sem), "frozen" for everything else.
 

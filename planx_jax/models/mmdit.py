@@ -14,6 +14,7 @@ import numpy as np
 from planx_jax.config_utils import ConfigMixin
 from planx_jax.kernels.attention import attention
 from planx_jax.models.dit import layer_norm, timestep_embedding
+from planx_jax.models.dit_semantic import check_semantic_inputs
 from planx_jax.models.layers import Einsum, RMSNorm, dtype_of
 from planx_jax.models.rope import apply_rope_interleaved, rope3d_axis_dims, rope3d_tables, video_rope_tables
 
@@ -127,23 +128,7 @@ def check_inputs(config: MMDiTConfig, latents, timestep, text, semantic=None, se
     raise ValueError(f"timestep must have shape [B] = ({b},), got {tuple(timestep.shape)}")
   if text.ndim != 3 or text.shape[0] != b or text.shape[-1] != config.text_dim:
     raise ValueError(f"text must have shape [B={b}, T, text_dim={config.text_dim}], got {tuple(text.shape)}")
-  if semantic is None:
-    for name, value in (("semantic_positions", semantic_positions), ("semantic_mask", semantic_mask)):
-      if value is not None:
-        raise ValueError(f"{name} was given without semantic embeddings")
-    return
-  if config.semantic_in_dim is None:
-    raise ValueError("semantic embeddings were given but the config has no semantic branch "
-                     "(semantic_in_dim is None); add one with add_semantic_branch")
-  if semantic.ndim != 3 or semantic.shape[0] != b or semantic.shape[-1] != config.semantic_in_dim:
-    raise ValueError(f"semantic must have shape [B={b}, S, semantic_in_dim={config.semantic_in_dim}], "
-                     f"got {tuple(semantic.shape)}")
-  s = semantic.shape[1]
-  if semantic_positions is None or tuple(semantic_positions.shape) != (b, s, 3):
-    got = None if semantic_positions is None else tuple(semantic_positions.shape)
-    raise ValueError(f"semantic_positions must have shape [B, S, 3] = ({b}, {s}, 3) (t, h, w), got {got}")
-  if semantic_mask is not None and tuple(semantic_mask.shape) != (b, s):
-    raise ValueError(f"semantic_mask must have shape [B, S] = ({b}, {s}), got {tuple(semantic_mask.shape)}")
+  check_semantic_inputs(config.semantic_in_dim, b, semantic, semantic_positions, semantic_mask)
 
 
 # --- modules -----------------------------------------------------------------------------------------
