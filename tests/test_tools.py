@@ -32,3 +32,18 @@ def test_bench_dit_tiny_prints_the_comparison_table(capsys):
     planx, ref, ratio = (float(m.group(i)) for i in (2, 3, 4))
     # Times are printed to 0.1 ms: allow the ratio that rounding can move it by.
     assert planx > 0 and ref > 0 and abs(ratio - ref / planx) <= 0.01 + ratio * (0.05 / planx + 0.05 / ref)
+
+
+def test_bench_tatok_tiny_prints_throughput_and_memory(capsys):
+  from planx_jax.tools import bench_tatok
+
+  bench_tatok.main(["--tiny"])
+  out = capsys.readouterr().out
+  rows = re.findall(r"^(\d) \((\d+)\)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+([\d.]+)%", out, re.M)
+  assert [(r[0], r[1]) for r in rows] == [("0", "729"), ("2", "81")]
+  for _, _, planx, torch_rate, ratio, same in rows:
+    assert float(planx) > 0 and float(torch_rate) > 0 and float(same) == 100.0
+    assert abs(float(ratio) - float(planx) / float(torch_rate)) <= 0.01 + 0.02 * float(ratio)
+  dense = re.search(r"^dense argmax\s+([\d.]+)", out, re.M)
+  streaming = re.search(r"^streaming, tile 256\s+([\d.]+)\s+([\d.]+)x", out, re.M)
+  assert dense and streaming and float(streaming.group(2)) < 1.0

@@ -2,7 +2,8 @@
 
 planner-from-hf / planner-to-hf: transformers Qwen2 <-> planx planner (with the
 Plan-X vocabulary); dit-from-diffusers / dit-to-diffusers: diffusers Wan transformer
-<-> planx DiT (with the semantic branch). Conversion logic lives in
+<-> planx DiT (with the semantic branch); tatok-from-tar / tatok-to-tar: Tar's
+`ta_tok.pth` <-> planx TA-Tok. Conversion logic lives in
 `planx_jax.convert`; this module parses arguments and reports progress.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from planx_jax import dit, planner
+from planx_jax import dit, planner, tatok
 from planx_jax.checkpoints import tokenizer_dir
 from planx_jax.data import tokenizer as tokenizers
 from planx_jax.plan_tokens import PlanTokens
@@ -84,6 +85,23 @@ def add_parser(sub) -> None:
   p.add_argument("--max-shard-size", default="5GB", help="shard the safetensors above this size (default 5GB)")
   p.add_argument("--overwrite", action="store_true")
   p.set_defaults(run=run_dit_to_diffusers)
+
+  p = kinds.add_parser("tatok-from-tar", help="Tar ta_tok.pth (or a tatok-to-tar directory) -> planx TA-Tok checkpoint")
+  p.add_argument("src", type=Path, help="ta_tok.pth (read with torch.load(weights_only=True))")
+  p.add_argument("dst", type=Path, help="planx checkpoint directory to create")
+  p.add_argument("--encoder-heads", type=int,
+                 help="attention heads of the SigLIP encoder when the teacher is not a known preset")
+  p.add_argument("--codebook-out", type=Path,
+                 help="also write the normalised codebook [K, D] as .npy (for `planner-from-hf --codebook`)")
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(run=run_tatok_from_tar)
+
+  p = kinds.add_parser("tatok-to-tar", help="planx TA-Tok checkpoint -> Tar format (.pth file, or a directory)")
+  p.add_argument("src", type=Path, help="planx TA-Tok checkpoint directory")
+  p.add_argument("dst", type=Path, help="DST.pth: a file Tar's TextAlignedTokenizer.from_checkpoint loads; "
+                 "otherwise a directory of ta_tok.safetensors + args.json")
+  p.add_argument("--overwrite", action="store_true")
+  p.set_defaults(run=run_tatok_to_tar)
 
 
 def _has_tokenizer(path: Path) -> bool:
@@ -158,4 +176,28 @@ def run_dit_to_diffusers(args) -> int:
                      overwrite=args.overwrite)
   branch = "" if config.semantic_in_dim is None else " + semantic_branch.safetensors"
   log.info("wrote %s (WanTransformer3DModel%s, %.1fs)", args.dst, branch, time.time() - start)
+  return 0
+
+
+def run_tatok_from_tar(args) -> int:
+  start = time.time()
+  log.info("reading %s", args.src)
+  config, params = tatok.load_tar(args.src, encoder_heads=args.encoder_heads)
+  log.info("TA-Tok: %d-layer encoder (width %d), %d codes of width %d, decoder %s", config.encoder.num_layers,
+           config.hidden_size, config.codebook_size, config.code_dim,
+           "absent" if config.decoder is None else f"{config.decoder.num_layers} layers")
+  tatok.save_checkpoint(args.dst, config, params, extras={"source": str(args.src.absolute())},
+                        overwrite=args.overwrite)
+  if args.codebook_out is not None:
+    np.save(args.codebook_out, np.asarray(tatok.codebook_vectors(config, params)))
+    log.info("wrote the codebook to %s", args.codebook_out)
+  log.info("wrote %s (%.1fs)", args.dst, time.time() - start)
+  return 0
+
+
+def run_tatok_to_tar(args) -> int:
+  start = time.time()
+  config, params, _ = tatok.load_checkpoint(args.src)
+  tatok.save_tar(config, params, args.dst, overwrite=args.overwrite)
+  log.info("wrote %s (%.1fs)", args.dst, time.time() - start)
   return 0
