@@ -68,9 +68,9 @@ def tar_state(encoder, decoder, modules, embedding, extra=None):
 
 def tar_args(codebook_size=CODEBOOK):
   return {
-      "bottleneck": {"name": "bottleneck", "args": {"bottleneck_dim": CODE_DIM, "regularizer": {"name": "simvq", "args": {
-          "codebook_size": codebook_size, "l2_normalized": True, "stochastic": True,
-          "stochastic_temperature": 0.03}}}},
+      "bottleneck": {"name": "bottleneck", "args": {"bottleneck_dim": CODE_DIM, "regularizer": {
+          "name": "simvq", "args": {"codebook_size": codebook_size, "l2_normalized": True, "stochastic": True,
+                                    "stochastic_temperature": 0.03}}}},
       "bottleneck_token_num": 729, "input_size": 54, "teacher": TEACHER, "pool_scale": 1,
   }
 

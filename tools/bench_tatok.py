@@ -52,7 +52,8 @@ class TorchTATok(torch.nn.Module):
 
   def tar_state(self):
     state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
-    state.update({"scale_layer.shift": torch.full((1, 3, 1, 1), 0.5), "scale_layer.scale": torch.full((1, 3, 1, 1), 0.5),
+    half = torch.full((1, 3, 1, 1), 0.5)
+    state.update({"scale_layer.shift": half, "scale_layer.scale": half,
                   "encode_task_layer.0.weight": self.task.weight, "encode_task_layer.0.bias": self.task.bias,
                   "bottleneck.regularizer.embedding.weight": self.embedding,
                   "bottleneck.regularizer.embedding_proj.weight": self.embedding_proj.weight,
