@@ -46,6 +46,9 @@ setup(
         "safetensors",
         "numpy",
         "tqdm",
+        "imageio",
+        "imageio-ffmpeg",  # bundles an ffmpeg binary: MP4 without a system ffmpeg
+        "pillow",
     ],
     extras_require={
         "test": ["pytest", "torch==2.13.0", "diffusers==0.42.1", "accelerate", "libtpu"],

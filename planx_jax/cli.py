@@ -8,9 +8,9 @@ import argparse
 import logging
 import sys
 
-from planx_jax.commands import convert, plan
+from planx_jax.commands import convert, generate, plan
 
-SUBCOMMANDS = {"convert": convert, "plan": plan}
+SUBCOMMANDS = {"convert": convert, "generate": generate, "plan": plan}
 
 
 def build_parser() -> argparse.ArgumentParser:

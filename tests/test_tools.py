@@ -47,3 +47,16 @@ def test_bench_tatok_tiny_prints_throughput_and_memory(capsys):
   dense = re.search(r"^dense argmax\s+([\d.]+)", out, re.M)
   streaming = re.search(r"^streaming, tile 256\s+([\d.]+)\s+([\d.]+)x", out, re.M)
   assert dense and streaming and float(streaming.group(2)) < 1.0
+
+
+def test_bench_vae_tiny_prints_the_comparison_table(capsys):
+  from planx_jax.tools import bench_vae
+
+  bench_vae.main(["--tiny"])
+  lines = capsys.readouterr().out.splitlines()
+  assert "planx fps" in lines[1] and "diffusers fps" in lines[1]
+  rows = [re.match(r"^(encode|decode)\s+(\d+x\d+x\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x", line) for line in lines[2:4]]
+  assert all(rows) and [m.group(1) for m in rows] == ["encode", "decode"]
+  for m in rows:
+    planx, ref, ratio = (float(m.group(i)) for i in (3, 4, 5))
+    assert planx > 0 and ref > 0 and abs(ratio - planx / ref) <= 0.01 + 0.01 * ratio
