@@ -71,11 +71,7 @@ def save_checkpoint(path: str | os.PathLike, config: DiTConfig, params: dict, *,
 
 def load_checkpoint(path: str | os.PathLike, **config_overrides):
   """Reads a DiT checkpoint directory -> (config, params, meta); overrides may change run-time fields only."""
-  architecture = sorted(set(config_overrides) - RUNTIME_FIELDS)
-  if architecture:
-    raise ValueError(f"load_checkpoint cannot override {architecture}: only {sorted(RUNTIME_FIELDS)}")
-  meta = checkpoints.load_meta(path, CHECKPOINT_KIND)
-  stored = DiTConfig.from_dict(meta["config"])
-  config = stored.replace(**config_overrides)
-  params = checkpoints.restore_params(path, abstract_params(stored))
+  config, params, meta = checkpoints.load_model(path, kind=CHECKPOINT_KIND, config_cls=DiTConfig,
+                                                abstract_params_fn=abstract_params, runtime_fields=RUNTIME_FIELDS,
+                                                overrides=config_overrides)
   return config, layer_layout.to_layout(params, config.num_layers, config.scan_layers, "blocks"), meta

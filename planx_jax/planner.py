@@ -73,14 +73,9 @@ def load_checkpoint(path: str | os.PathLike, **config_overrides):
   change run-time fields such as `dtype`, `attention_impl` or `scan_layers`
   (params are converted to the requested layer layout).
   """
-  architecture = sorted(set(config_overrides) - RUNTIME_FIELDS)
-  if architecture:
-    raise ValueError(f"load_checkpoint cannot override {architecture}: only run-time fields "
-                     f"{sorted(RUNTIME_FIELDS)} may change after training")
-  meta = checkpoints.load_meta(path, CHECKPOINT_KIND)
-  stored = PlannerConfig.from_dict(meta["config"])
-  config = stored.replace(**config_overrides)
-  params = checkpoints.restore_params(path, abstract_params(stored))
+  config, params, meta = checkpoints.load_model(path, kind=CHECKPOINT_KIND, config_cls=PlannerConfig,
+                                                abstract_params_fn=abstract_params, runtime_fields=RUNTIME_FIELDS,
+                                                overrides=config_overrides)
   params = layer_layout.to_layout(params, config.num_layers, config.scan_layers)
   plan_tokens = None if meta.get("plan_tokens") is None else PlanTokens.from_dict(meta["plan_tokens"])
   return config, params, plan_tokens, meta

@@ -27,7 +27,7 @@ from planx_jax.models.tatok_config import TATokConfig, check_scale
 from planx_jax.plan_tokens import PlanTokens
 
 __all__ = [
-    "SigLIPConfig", "SigLIPVision", "TATokConfig", "codebook_vectors", "codes_to_token_ids", "decode_embeddings",
+    "SigLIPConfig", "SigLIPVision", "TATokConfig", "abstract_params", "codebook_vectors", "codes_to_token_ids", "decode_embeddings",
     "decode_features", "encode", "init_params", "keyframe_indices", "load_checkpoint", "load_siglip_hf", "load_tar",
     "save_checkpoint", "save_siglip_hf", "save_tar", "token_ids_to_codes", "video_keyframe_codes",
 ]
@@ -174,9 +174,12 @@ def save_checkpoint(path: str | os.PathLike, config: TATokConfig, params: dict, 
                                 overwrite=overwrite)
 
 
+def abstract_params(config: TATokConfig) -> dict:
+  """Param tree of `jax.ShapeDtypeStruct`, nothing allocated."""
+  return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[TATokConfig, dict, dict]:
   """Reads a planx TA-Tok checkpoint directory -> (config, params, meta)."""
-  meta = checkpoints.load_meta(path, CHECKPOINT_KIND)
-  config = TATokConfig.from_dict(meta["config"])
-  abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-  return config, checkpoints.restore_params(path, abstract), meta
+  return checkpoints.load_model(path, kind=CHECKPOINT_KIND, config_cls=TATokConfig, abstract_params_fn=abstract_params,
+                                runtime_fields=frozenset(), overrides={})

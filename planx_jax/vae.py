@@ -55,9 +55,5 @@ def save_checkpoint(path: str | os.PathLike, config: VAEConfig, params: dict, *,
 
 def load_checkpoint(path: str | os.PathLike, **config_overrides):
   """Reads a VAE checkpoint directory -> (config, params, meta); overrides may change run-time fields only."""
-  architecture = sorted(set(config_overrides) - RUNTIME_FIELDS)
-  if architecture:
-    raise ValueError(f"load_checkpoint cannot override {architecture}: only {sorted(RUNTIME_FIELDS)}")
-  meta = checkpoints.load_meta(path, CHECKPOINT_KIND)
-  stored = VAEConfig.from_dict(meta["config"])
-  return stored.replace(**config_overrides), checkpoints.restore_params(path, abstract_params(stored)), meta
+  return checkpoints.load_model(path, kind=CHECKPOINT_KIND, config_cls=VAEConfig, abstract_params_fn=abstract_params,
+                                runtime_fields=RUNTIME_FIELDS, overrides=config_overrides)
