@@ -11,6 +11,23 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 
+def copy_checkpoint(src, dst, edit=None, config_edit=None, weights: str = "model.safetensors"):
+  """Copies a single-file checkpoint directory, editing its tensors dict and / or config dict on the way (for
+  tests of bad checkpoints); returns `dst`."""
+  from safetensors.numpy import load_file, save_file
+
+  dst.mkdir()
+  config = json.loads((src / "config.json").read_text())
+  if config_edit:
+    config_edit(config)
+  (dst / "config.json").write_text(json.dumps(config))
+  tensors = load_file(str(src / weights))
+  if edit:
+    edit(tensors)
+  save_file(tensors, str(dst / weights), metadata={"format": "pt"})
+  return dst
+
+
 def randomize_weights(model, seed: int, scale: float):
   """Overwrites every tensor of a torch model with normal(0, scale) noise (norm scales around 1); returns it."""
   import torch

@@ -8,9 +8,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_WAN_CONFIGS
+from conftest import TINY_WAN_CONFIGS, copy_checkpoint
 from diffusers import WanTransformer3DModel
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from planx_jax import dit
 from planx_jax.cli import main
@@ -104,16 +104,8 @@ def test_cli_round_trip_with_a_semantic_branch(wan_dit_dir, tmp_path):
 # --- bad input -------------------------------------------------------------------------------------------------
 
 
-def _copy_with(src, dst, edit, config_edit=None):
-  dst.mkdir()
-  config = json.loads((src / "config.json").read_text())
-  if config_edit:
-    config_edit(config)
-  (dst / "config.json").write_text(json.dumps(config))
-  tensors = load_file(str(src / "diffusion_pytorch_model.safetensors"))
-  edit(tensors)
-  save_file(tensors, str(dst / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
-  return dst
+def _copy_with(src, dst, edit=None, config_edit=None):
+  return copy_checkpoint(src, dst, edit, config_edit, weights="diffusion_pytorch_model.safetensors")
 
 
 def test_missing_unexpected_and_misshapen_tensors_are_named(wan_dit_dir, tmp_path):

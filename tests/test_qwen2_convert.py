@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from safetensors.numpy import load_file, save_file
 
+from conftest import copy_checkpoint
 from planx_jax import planner
 from planx_jax.convert import qwen2
 from planx_jax.convert.safetensors_io import SafetensorsReader
@@ -115,13 +115,8 @@ def test_bfloat16_checkpoint_round_trip(hf_qwen2_dir, tmp_path):
 # --- bad input -------------------------------------------------------------------------------------------------
 
 
-def _copy_with(src, dst, edit):
-  dst.mkdir()
-  (dst / "config.json").write_text((src / "config.json").read_text())
-  tensors = load_file(str(src / "model.safetensors"))
-  edit(tensors)
-  save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
-  return dst
+def _copy_with(src, dst, edit=None, config_edit=None):
+  return copy_checkpoint(src, dst, edit, config_edit, weights="model.safetensors")
 
 
 def test_missing_unexpected_and_misshapen_tensors_are_named(hf_qwen2_dir, tmp_path):

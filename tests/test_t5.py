@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import randomize_weights
-from safetensors.numpy import load_file, save_file
+from conftest import copy_checkpoint, randomize_weights
+from safetensors.numpy import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers.models.umt5.modeling_umt5 import UMT5Attention
 
@@ -337,16 +337,7 @@ def test_seq2seq_and_aliased_embedding_checkpoints(tmp_path):
 
 
 def _copy_with(src, dst, edit=None, config_edit=None):
-  dst.mkdir()
-  config = json.loads((src / "config.json").read_text())
-  if config_edit:
-    config_edit(config)
-  (dst / "config.json").write_text(json.dumps(config))
-  tensors = load_file(str(src / "model.safetensors"))
-  if edit:
-    edit(tensors)
-  save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
-  return dst
+  return copy_checkpoint(src, dst, edit, config_edit, weights="model.safetensors")
 
 
 def test_bad_checkpoints_name_the_tensor(hf_dirs, tmp_path):

@@ -7,9 +7,8 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_weights
+from conftest import copy_checkpoint, randomize_weights
 from diffusers import AutoencoderKLWan
-from safetensors.numpy import load_file, save_file
 
 from planx_jax import vae
 from planx_jax.convert import wan_vae
@@ -176,16 +175,7 @@ def test_planx_checkpoint_round_trip(reference, tmp_path):
 
 
 def _copy_with(src, dst, edit=None, config_edit=None):
-  dst.mkdir()
-  values = json.loads((src / "config.json").read_text())
-  if config_edit:
-    config_edit(values)
-  (dst / "config.json").write_text(json.dumps(values))
-  tensors = load_file(str(src / "diffusion_pytorch_model.safetensors"))
-  if edit:
-    edit(tensors)
-  save_file(tensors, str(dst / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
-  return dst
+  return copy_checkpoint(src, dst, edit, config_edit, weights="diffusion_pytorch_model.safetensors")
 
 
 def test_missing_unexpected_and_misshapen_tensors_are_named(reference, tmp_path):
