@@ -136,6 +136,14 @@ def test_encode_matches_torch_reference(reference, images, scale):
   np.testing.assert_array_equal(np.asarray(codes), expected)
 
 
+def test_encode_through_the_pallas_attention_kernel_matches_torch(reference, images):
+  """Acceptance of the kernels issue: the SigLIP tower's attention in the Pallas kernel (interpret mode, CPU)."""
+  expected, _ = torch_encode(reference, images, 1)
+  config = reference["config"]
+  config = config.replace(encoder=config.encoder.replace(attention_impl="pallas_interpret"))
+  np.testing.assert_array_equal(np.asarray(tatok.encode(config, reference["params"], images, 1)), expected)
+
+
 def test_decode_embeddings_and_features_match_torch(reference):
   import torch
   import torch.nn.functional as F

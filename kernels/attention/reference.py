@@ -171,6 +171,8 @@ def xla_split_cross_attention(
   Returns:
     [B, T, N, D] in q's dtype.
   """
+  if k_sem.shape[1] == 0:  # an empty semantic segment adds nothing to the softmax
+    return xla_attention(q, k_text, v_text, scale=scale)
   text, sem = _split_logits(q, q_rot, k_text, k_sem, sem_mask, scale)  # [B, N, 1, T, S_*]
   row_max = jnp.maximum(jnp.max(text, axis=-1), jnp.max(sem, axis=-1))  # [B, N, 1, T]
   text_weights, text_sum = _exp_weights(text, row_max)

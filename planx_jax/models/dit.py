@@ -17,7 +17,7 @@ from planx_jax.kernels.attention import attention, split_cross_attention
 from planx_jax.models.dit_config import DiTConfig
 from planx_jax.models.dit_semantic import check_semantic_inputs
 from planx_jax.models.layers import Einsum, RMSNorm, dtype_of
-from planx_jax.models.rope import apply_rope_interleaved, rope3d_tables, video_rope_tables
+from planx_jax.models.rope import rope3d_tables, video_rope_tables
 
 
 def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
@@ -92,18 +92,16 @@ class Attention(nn.Module):
     source = x if context is None else context
     k = norm(proj("k")(source), "norm_k")  # [B, S, N, Dh]
     v = proj("v")(source)  # [B, S, N, Dh]
-    cos, sin = video_rope
+    # RoPE goes to the attention call: the Pallas kernel rotates tiles in VMEM, the others in XLA.
     if not self.cross:
-      q, k = apply_rope_interleaved(q, cos, sin), apply_rope_interleaved(k, cos, sin)
-      out = attention(q, k, v, causal=False, impl=cfg.attention_impl)
+      out = attention(q, k, v, rope=video_rope, rope_style="interleaved", causal=False, impl=cfg.attention_impl)
     elif semantic is None:
       out = attention(q, k, v, causal=False, impl=cfg.attention_impl)
     else:
-      k_sem = norm(proj("k_sem")(semantic), "norm_k_sem")  # [B, S_sem, N, Dh]
+      k_sem = norm(proj("k_sem")(semantic), "norm_k_sem")  # [B, S_sem, N, Dh], not yet rotated
       v_sem = proj("v_sem")(semantic)  # [B, S_sem, N, Dh]
-      q_rot = apply_rope_interleaved(q, cos, sin)
-      k_sem = apply_rope_interleaved(k_sem, *semantic_rope)
-      out = split_cross_attention(q, q_rot, k, v, k_sem, v_sem, sem_mask=semantic_mask, impl=cfg.attention_impl)
+      out = split_cross_attention(q, k, v, k_sem, v_sem, q_rope=video_rope, k_sem_rope=semantic_rope,
+                                  rope_style="interleaved", sem_mask=semantic_mask, impl=cfg.attention_impl)
     b, l = out.shape[:2]
     return Einsum("blf,fd->bld", (n, d, dim), ("heads", "head_dim", "embed"), (dim,), ("embed",), dtype=dtype,
                   param_dtype=pdtype, einsum_shape=(n * d, dim), name="o")(out.reshape(b, l, n * d))

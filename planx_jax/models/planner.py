@@ -71,14 +71,16 @@ class Attention(nn.Module):
       return Einsum("bth,hnd->btnd", (h, heads, d), ("embed", axis, "head_dim"), (heads, d), (axis, "head_dim"),
                     dtype=dtype, param_dtype=pdtype, name=name)
 
-    q = apply_rope_half(proj("q", n, "heads")(x), cos, sin)  # [B, T, N, D]
-    k = apply_rope_half(proj("k", kv, "kv_heads")(x), cos, sin)  # [B, T, K, D]
+    q = proj("q", n, "heads")(x)  # [B, T, N, D], not yet rotated
+    k = proj("k", kv, "kv_heads")(x)  # [B, T, K, D]
     v = proj("v", kv, "kv_heads")(x)  # [B, T, K, D]
     if layer_cache is None:
-      out = attention(q, k, v, causal=True, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
-                      impl=cfg.attention_impl)
+      # RoPE goes to the attention call: the Pallas kernel rotates q / k tiles in VMEM, the others in XLA.
+      out = attention(q, k, v, rope=(cos, sin), rope_style="half", causal=True, q_segment_ids=segment_ids,
+                      kv_segment_ids=segment_ids, impl=cfg.attention_impl)
       new_cache = None
     else:
+      q, k = apply_rope_half(q, cos, sin), apply_rope_half(k, cos, sin)  # the cache stores rotated keys
       # The cache is head-major [B, K, S, D]: each kv head's keys are contiguous for the attention dots.
       k_all = jax.lax.dynamic_update_slice(layer_cache[0], k.swapaxes(1, 2).astype(layer_cache[0].dtype),
                                            (0, 0, cache_index, 0))

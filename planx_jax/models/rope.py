@@ -9,6 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The rotations themselves live with the attention kernels (which apply them inside the kernel); re-exported here.
+from planx_jax.kernels.attention.rope import apply_rope_half, apply_rope_interleaved
+
+__all__ = ["apply_rope_half", "apply_rope_interleaved", "grid_positions", "inv_frequencies", "rope3d_axis_dims",
+           "rope3d_tables", "rope_tables", "video_rope_tables"]
+
 
 def inv_frequencies(head_dim: int, theta: float) -> np.ndarray:
   """[head_dim // 2] fp32: theta ** (-2j / head_dim), computed in fp32 like the reference."""
@@ -22,20 +28,6 @@ def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.
   """cos, sin tables [..., L, head_dim // 2] fp32 for positions [..., L] (int or float)."""
   angles = positions.astype(jnp.float32)[..., None] * inv_frequencies(head_dim, theta)  # [..., L, D/2]
   return jnp.cos(angles), jnp.sin(angles)
-
-
-def apply_rope_half(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-  """Half-split rotation: x' = x * [cos, cos] + rotate_half(x) * [sin, sin].
-
-  Args:
-    x: [B, L, H, D].
-    cos, sin: [B, L, D/2] fp32 (from `rope_tables`).
-  """
-  x32 = x.astype(jnp.float32)
-  x1, x2 = jnp.split(x32, 2, axis=-1)  # [B, L, H, D/2] each
-  cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x.dtype)
 
 
 # --- Wan's 3D RoPE: interleaved pairs, head_dim split into t / h / w ------------------------------
@@ -79,19 +71,3 @@ def video_rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float = 
   angles = np.concatenate([positions[:, axis, None] * inv  # [L, dim_axis / 2]
                            for axis, inv in enumerate(_rope3d_inv_frequencies(head_dim, theta))], axis=-1)
   return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
-
-
-def apply_rope_interleaved(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-  """Rotate interleaved pairs (x[2i], x[2i+1]) by the angle of frequency i, in fp32.
-
-  Args:
-    x: [B, L, H, D].
-    cos, sin: [B or 1, L, D/2] (or [L, D/2]) fp32.
-  """
-  if cos.ndim == 2:
-    cos, sin = cos[None], sin[None]
-  x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)  # [B, L, H, D/2, 2]
-  x1, x2 = x32[..., 0], x32[..., 1]
-  cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-  out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)  # [B, L, H, D/2, 2]
-  return out.reshape(x.shape).astype(x.dtype)
