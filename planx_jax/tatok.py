@@ -34,6 +34,7 @@ __all__ = [
 
 log = logging.getLogger("planx.tatok")
 CHECKPOINT_KIND = "tatok"
+RUNTIME_FIELDS = frozenset({"codebook_impl", "codebook_tile"})
 
 
 def _is_concrete(x) -> bool:
@@ -179,7 +180,8 @@ def abstract_params(config: TATokConfig) -> dict:
   return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[TATokConfig, dict, dict]:
-  """Reads a planx TA-Tok checkpoint directory -> (config, params, meta)."""
+def load_checkpoint(path: str | os.PathLike, **config_overrides) -> tuple[TATokConfig, dict, dict]:
+  """Reads a planx TA-Tok checkpoint directory -> (config, params, meta); only RUNTIME_FIELDS may be overridden
+  (the encoder / decoder attention_impl: `config.replace(encoder=config.encoder.replace(...))` after loading)."""
   return checkpoints.load_model(path, kind=CHECKPOINT_KIND, config_cls=TATokConfig, abstract_params_fn=abstract_params,
-                                runtime_fields=frozenset(), overrides={})
+                                runtime_fields=RUNTIME_FIELDS, overrides=config_overrides)

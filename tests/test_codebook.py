@@ -183,7 +183,7 @@ def test_streaming_peak_memory_is_a_tile_not_the_score_matrix():
 
 
 def test_impl_registry():
-  assert set(IMPLEMENTATIONS) == {"xla"}
+  assert set(IMPLEMENTATIONS) == {"xla", "pallas", "pallas_interpret"}
   assert resolve_impl("auto") == "xla"
   z, codebook = _normal((4, 8), 15), _normal((20, 8), 16)
   np.testing.assert_array_equal(codebook_argmax(z, codebook, impl="auto", tile_size=8),
@@ -199,7 +199,7 @@ def test_impl_registry():
     ((3, 4), (10, 4), {"tile_size": 0}, "tile_size"),
     ((3, 4), (10, 4), {"tile_size": 2.5}, "tile_size"),
     ((3, 4), (10, 4), {"tile_size": True}, "tile_size"),
-    ((3, 4), (10, 4), {"impl": "pallas"}, "available: auto, xla"),
+    ((3, 4), (10, 4), {"impl": "triton"}, "available: auto, xla, pallas, pallas_interpret"),
 ])
 def test_bad_inputs_raise(z_shape, codebook_shape, kwargs, message):
   z, codebook = np.zeros(z_shape, np.float32), np.zeros(codebook_shape, np.float32)

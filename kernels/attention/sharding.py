@@ -35,6 +35,11 @@ def _axes(mesh, names, *sizes) -> tuple[str, ...] | None:
   return axes
 
 
+def batch_axes(mesh, batch: int) -> tuple[str, ...] | None:
+  """The mesh axes that split a batch of `batch` rows (None: it stays whole)."""
+  return _axes(mesh, BATCH_AXES, batch)
+
+
 def shard_kernel(fn, mesh, *, batch: int, heads: tuple[int, ...], arg_kinds: tuple[str, ...]):
   """`fn(*args)` under `shard_map` on `mesh`; `arg_kinds` says how each argument is laid out.
 
@@ -42,7 +47,7 @@ def shard_kernel(fn, mesh, *, batch: int, heads: tuple[int, ...], arg_kinds: tup
   B > 1), "bt" ([B, L] ids / masks), "b" ([B] offsets). Heads are split only when every head count in `heads`
   divides by the head axes; otherwise they stay whole (logged). The output is [B, T, N, D].
   """
-  batch_axes = _axes(mesh, BATCH_AXES, batch)
+  batch_split = batch_axes(mesh, batch)
   head_axes = _axes(mesh, HEAD_AXES, *heads)
   wanted = [a for a in HEAD_AXES if a in mesh.shape and mesh.shape[a] > 1]
   if wanted and head_axes is None:
@@ -51,16 +56,16 @@ def shard_kernel(fn, mesh, *, batch: int, heads: tuple[int, ...], arg_kinds: tup
 
   def spec(kind, arg):
     if kind == "bthd":
-      return P(batch_axes, None, head_axes, None)
+      return P(batch_split, None, head_axes, None)
     if kind == "table":
-      return P(batch_axes if arg.shape[0] > 1 else None, None, None)
+      return P(batch_split if arg.shape[0] > 1 else None, None, None)
     if kind == "bt":
-      return P(batch_axes, None)
-    return P(batch_axes)
+      return P(batch_split, None)
+    return P(batch_split)
 
   def call(*args):
     in_specs = tuple(spec(kind, a) for kind, a in zip(arg_kinds, args))
-    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P(batch_axes, None, head_axes, None),
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P(batch_split, None, head_axes, None),
                          check_vma=False)(*args)
 
   return call

@@ -90,7 +90,7 @@ def encode_codes(config: TATokConfig, params: dict, images: jax.Array, scale: in
     codebook = codebook_vectors(config, params)
   bias = codebook_bias(config, codebook)
   if rng is None:
-    return codebook_argmax(z, codebook, bias=bias, tile_size=config.codebook_tile)
+    return codebook_argmax(z, codebook, bias=bias, tile_size=config.codebook_tile, impl=config.codebook_impl)
   return codebook_sample(z, codebook, rng, temperature=temperature or config.temperature, bias=bias,
                          tile_size=config.codebook_tile)
 

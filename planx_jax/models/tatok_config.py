@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any, ClassVar, Mapping
 
 from planx_jax.config_utils import ConfigMixin, config_from_dict
+from planx_jax.kernels.codebook import validate_impl
 from planx_jax.models.siglip_config import SigLIPConfig
 
 NUM_SCALES = 3
@@ -33,7 +34,9 @@ class TATokConfig(ConfigMixin):
     select_layer: which `hidden_states` entry feeds the bottleneck (Tar: -2).
     resize: "bilinear" (Tar's plain tensor resize), "bilinear_antialias" or
       "bicubic_antialias" (closer to the HF image processor).
-    codebook_tile: rows of the codebook scored at a time by the streaming lookup.
+    codebook_tile: most rows of the codebook scored at a time by the lookup.
+    codebook_impl: the `planx_jax.kernels.codebook` implementation of the argmax lookup ("auto": the Pallas
+      kernel on TPU, else the streaming XLA form); a run-time choice, every one gives the same codes.
     teacher: name of the encoder architecture, kept for Tar's args on export.
     bottleneck_token_num: Tar's arg (codes at scale 0), kept for export.
   """
@@ -48,6 +51,7 @@ class TATokConfig(ConfigMixin):
   select_layer: int = -2
   resize: str = "bilinear"
   codebook_tile: int = 4096
+  codebook_impl: str = "auto"
   teacher: str = SO400M_TEACHER
   bottleneck_token_num: int = 729
 
@@ -61,6 +65,7 @@ class TATokConfig(ConfigMixin):
       raise ValueError(f"TATokConfig.temperature must be > 0, got {self.temperature}")
     if self.resize not in RESIZE_METHODS:
       raise ValueError(f"TATokConfig.resize must be one of {RESIZE_METHODS}, got {self.resize!r}")
+    validate_impl(self.codebook_impl)
     if self.encoder.naflex:
       raise ValueError("TA-Tok's encoder is a SigLIP v1 tower (naflex=False)")
     if self.input_size != self.encoder.image_size:
