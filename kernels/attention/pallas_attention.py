@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from planx_jax.kernels.attention import pallas_tpu
-from planx_jax.kernels.attention.rope import full_width_tables, validate_style
+from planx_jax.kernels.attention.rope import packed_table, validate_style
 
 # Ids of padding: a padded key is visible to no query, a padded query row sees no key (ids are int32; these two
 # values are reserved).
@@ -48,12 +48,13 @@ class BlockSizes:
     return self
 
 
-# Per-generation defaults. Not tuned on hardware (none was available): 512 is MaxText's default; v5p and v6e
-# have more VMEM per core and v6e a 256-wide MXU, so their key blocks are 1024.
+# Per-generation defaults. Not timed on hardware (none was available); chosen from the compiled roofline
+# (tools/bench_attention.py): 512 is MaxText's default; v5p and v6e have more VMEM per core, and v6e's
+# compute / bandwidth ridge (~560 flop/B) needs 1024-row query blocks to be compute-bound.
 GENERATION_BLOCK_SIZES = {
     "v5e": BlockSizes(512, 512, 512, 512),
     "v5p": BlockSizes(512, 1024, 512, 512),
-    "v6e": BlockSizes(512, 1024, 512, 1024),
+    "v6e": BlockSizes(1024, 1024, 512, 1024),
 }
 GENERIC_BLOCK_SIZES = BlockSizes()
 # Scoped VMEM the kernels may use (the compiler default is 16-32 MiB; every generation here has >= 95 MiB).
@@ -116,7 +117,7 @@ def _check_qkv(name: str, q, k, v, mosaic: bool):
 
 
 def _tables(name: str, rope, length: int, padded: int, batch: int, style: str):
-  """(cos, sin) [B|1, L, D/2] -> full-width signed tables [B|1, padded, D] fp32, or None."""
+  """(cos, sin) [B|1, L, D/2] -> the packed table [B|1, padded, D] fp32 (`rope.packed_table`), or None."""
   if rope is None:
     return None
   cos, sin = (jnp.asarray(t) for t in rope)
@@ -124,14 +125,15 @@ def _tables(name: str, rope, length: int, padded: int, batch: int, style: str):
     cos, sin = cos[None], sin[None]
   if cos.shape != sin.shape or cos.ndim != 3 or cos.shape[0] not in (1, batch) or cos.shape[1] != length:
     raise ValueError(f"{name}: rope tables must be [B or 1, {length}, D/2], got {cos.shape} and {sin.shape}")
-  cos, sin = full_width_tables(cos, sin, style)  # [B|1, L, D]
-  pad = ((0, 0), (0, padded - length), (0, 0))
-  return jnp.pad(cos, pad), jnp.pad(sin, pad)
+  return jnp.pad(packed_table(cos, sin, style), ((0, 0), (0, padded - length), (0, 0)))  # [B|1, padded, D]
 
 
-def _head_major(x, padded: int):
-  """[B, L, H, D] -> zero-padded [B, H, padded, D]."""
-  return jnp.pad(x, ((0, 0), (0, padded - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+def _token_major(x, padded: int):
+  """[B, L, H, D] -> [B, padded, H*D]: zero rows appended (a copy only when L < padded), heads flattened (free)."""
+  b, length, h, d = x.shape
+  if padded != length:
+    x = jnp.pad(x, ((0, 0), (0, padded - length), (0, 0), (0, 0)))
+  return x.reshape(b, padded, h * d)
 
 
 def _ids(ids, length: int, padded: int, pad_id: int, batch: int):
@@ -145,11 +147,11 @@ def _ids(ids, length: int, padded: int, pad_id: int, batch: int):
 def _layout(blocks_q, blocks_kv, *, causal, scale, style, q_tables, k_tables, plain_kv_len, has_ids, interpret,
             head_dim):
   return pallas_tpu._Layout(
-      block_q=blocks_q[0], block_kv=blocks_kv[0], block_q_bwd=blocks_q[1], block_kv_bwd=blocks_kv[1],
+      head_dim=head_dim, block_q=blocks_q[0], block_kv=blocks_kv[0], block_q_bwd=blocks_q[1], block_kv_bwd=blocks_kv[1],
       causal=causal, scale=float(head_dim**-0.5 if scale is None else scale), rope_style=style,
       rope_q=q_tables is not None, rope_k=k_tables is not None, plain_kv_len=plain_kv_len,
-      q_table_batch=1 if q_tables is None else q_tables[0].shape[0],
-      k_table_batch=1 if k_tables is None else k_tables[0].shape[0], has_ids=has_ids,
+      q_table_batch=1 if q_tables is None else q_tables.shape[0],
+      k_table_batch=1 if k_tables is None else k_tables.shape[0], has_ids=has_ids,
       vmem_limit_bytes=None if interpret else VMEM_LIMIT_BYTES, interpret=interpret)
 
 
@@ -189,9 +191,9 @@ def pallas_attention(q, k, v, *, q_rope=None, k_rope=None, rope_style: str = "ha
   offsets = jnp.broadcast_to(jnp.asarray(q_offset, jnp.int32).reshape(-1), (b,))
   layout = _layout(blocks_q, blocks_kv, causal=causal, scale=scale, style=rope_style, q_tables=q_tables,
                    k_tables=k_tables, plain_kv_len=0, has_ids=has_ids, interpret=interpret, head_dim=d)
-  out = pallas_tpu.flash(_head_major(q, t_pad), _head_major(k, s_pad), _head_major(v, s_pad), q_tables, k_tables,
-                         ids, offsets, layout)  # [B, N, T_pad, D]
-  return out[:, :, :t].transpose(0, 2, 1, 3)
+  out = pallas_tpu.flash(_token_major(q, t_pad), _token_major(k, s_pad), _token_major(v, s_pad), q_tables,
+                         k_tables, ids, offsets, layout)  # [B, T_pad, N*D]
+  return out[:, :t].reshape(q.shape)
 
 
 def pallas_split_cross_attention(q, k_text, v_text, k_sem, v_sem, *, q_rope, k_sem_rope,
@@ -224,9 +226,9 @@ def pallas_split_cross_attention(q, k_text, v_text, k_sem, v_sem, *, q_rope, k_s
   sem_pad = _round_up(s_sem, math.lcm(*blocks_kv))
   q_tables = _tables("q_rope", q_rope, t, t_pad, b, rope_style)
   sem_tables = _tables("k_sem_rope", k_sem_rope, s_sem, sem_pad, b, rope_style)
-  batch_t = sem_tables[0].shape[0]
-  identity = (jnp.ones((batch_t, text_pad, d), jnp.float32), jnp.zeros((batch_t, text_pad, d), jnp.float32))
-  k_tables = tuple(jnp.concatenate([i, s], axis=1) for i, s in zip(identity, sem_tables))  # [B|1, S_pad, D]
+  identity = packed_table(jnp.ones((1, 1, d // 2)), jnp.zeros((1, 1, d // 2)), rope_style)  # cos 1, sin 0
+  identity = jnp.broadcast_to(identity, (sem_tables.shape[0], text_pad, d))
+  k_tables = jnp.concatenate([identity, sem_tables], axis=1)  # [B|1, S_pad, D]: text keys are not rotated
   sem_valid = jnp.ones((b, s_sem), bool) if sem_mask is None else jnp.asarray(sem_mask).astype(bool)
   if sem_valid.shape != (b, s_sem):
     raise ValueError(f"sem_mask must be [B, S_sem] = [{b}, {s_sem}], got {sem_valid.shape}")
@@ -235,10 +237,10 @@ def pallas_split_cross_attention(q, k_text, v_text, k_sem, v_sem, *, q_rope, k_s
       jnp.pad(jnp.where(sem_valid, 0, PAD_KV_ID).astype(jnp.int32), ((0, 0), (0, sem_pad - s_sem)),
               constant_values=PAD_KV_ID)], axis=1)[:, None, :]  # [B, 1, S_pad]
   ids = (_ids(None, t, t_pad, PAD_Q_ID, b), kv_ids)
-  k = jnp.concatenate([_head_major(k_text, text_pad), _head_major(k_sem, sem_pad)], axis=2)  # [B, N, S_pad, D]
-  v = jnp.concatenate([_head_major(v_text, text_pad), _head_major(v_sem, sem_pad)], axis=2)
+  k = jnp.concatenate([_token_major(k_text, text_pad), _token_major(k_sem, sem_pad)], axis=1)  # [B, S_pad, N*D]
+  v = jnp.concatenate([_token_major(v_text, text_pad), _token_major(v_sem, sem_pad)], axis=1)
   layout = _layout(blocks_q, blocks_kv, causal=False, scale=scale, style=rope_style, q_tables=q_tables,
                    k_tables=k_tables, plain_kv_len=text_pad, has_ids=True, interpret=interpret, head_dim=d)
-  out = pallas_tpu.flash(_head_major(q, t_pad), k, v, q_tables, k_tables, ids,
-                         jnp.zeros((b,), jnp.int32), layout)  # [B, N, T_pad, D]
-  return out[:, :, :t].transpose(0, 2, 1, 3)
+  out = pallas_tpu.flash(_token_major(q, t_pad), k, v, q_tables, k_tables, ids,
+                         jnp.zeros((b,), jnp.int32), layout)  # [B, T_pad, N*D]
+  return out[:, :t].reshape(q.shape)

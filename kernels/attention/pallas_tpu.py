@@ -2,8 +2,9 @@
 
 One kernel family serves Plan-X's three attention shapes through a static `_Layout`: causal GQA with half-split
 RoPE (planner), full attention with interleaved 3D RoPE (DiT self-attention) and the split text / semantic
-cross-attention (keys below `plain_kv_len` see the unrotated query). Arrays here are head-major and padded; the
-public wrappers, padding and validation live in `pallas_attention`.
+cross-attention (keys below `plain_kv_len` see the unrotated query). Arrays here are token-major with the heads
+flattened, q [B, T, N*D] and k / v [B, S, K*D] (a free reshape of the models' [B, T, N, D], no transposes): a
+block is one head's [rows, D] lane-aligned slice. Padding, validation and the public wrappers: `pallas_attention`.
 
 Masking: a key is visible when (causal) its slot <= q_offset + the query slot, and (ids) the query and key ids
 are equal. Masked probabilities are exactly zero; a query row with no visible key outputs zeros and has
@@ -31,6 +32,7 @@ _NN = (((1,), (0,)), ((), ()))  # a [m, k] . b [k, n] -> [m, n]
 class _Layout:
   """Static configuration of one kernel call (hashable: the custom_vjp's non-differentiable argument)."""
 
+  head_dim: int
   block_q: int
   block_kv: int
   block_q_bwd: int
@@ -48,15 +50,27 @@ class _Layout:
   interpret: bool
 
 
-def _rotate(x32, cos, sin, style: str):
-  """x * cos + partner(x) * sin on a [rows, D] fp32 tile; tables full width (see `rope.full_width_tables`)."""
+def _rotate(x32, table, style: str, inverse: bool = False):
+  """Rotates a [rows, D] fp32 tile by its packed [rows, D] cos / sin table (see `rope.packed_table`).
+
+  One table of D values per row carries both cos and sin (half the traffic of two full-width tables); the
+  full-width cos and signed sin are rebuilt with lane rolls: x' = x * cos + partner(x) * sin, where the partner is
+  x rolled by D/2 ("half") or the pair neighbour, lane i ^ 1 ("interleaved"). `inverse` negates sin (the gradient).
+  """
   d = x32.shape[-1]
-  if style == "half":
-    partner = pltpu.roll(x32, d // 2, 1)  # [x2, x1]
-  else:
-    lane = lax.broadcasted_iota(jnp.int32, x32.shape, 1)
-    partner = jnp.where(lane % 2 == 0, pltpu.roll(x32, d - 1, 1), pltpu.roll(x32, 1, 1))  # lane i ^ 1
-  return x32 * cos + partner * sin
+  table = table.astype(_F32)
+  lane = lax.broadcasted_iota(jnp.int32, x32.shape, 1)
+  if style == "half":  # table [c, s] -> cos [c, c], sin [-s, s]; partner [x2, x1]
+    first = lane < d // 2
+    swapped = pltpu.roll(table, d // 2, 1)  # [s, c]
+    cos, sin = jnp.where(first, table, swapped), jnp.where(first, -swapped, table)
+    partner = pltpu.roll(x32, d // 2, 1)
+  else:  # table [c0, s0, c1, s1, ..] -> cos [c0, c0, ..], sin [-s0, s0, ..]; partner lane i ^ 1
+    even = lane % 2 == 0
+    cos = jnp.where(even, table, pltpu.roll(table, 1, 1))
+    sin = jnp.where(even, -pltpu.roll(table, d - 1, 1), table)
+    partner = jnp.where(even, pltpu.roll(x32, d - 1, 1), pltpu.roll(x32, 1, 1))
+  return x32 * cos + partner * (-sin if inverse else sin)
 
 
 def _column(row):
@@ -76,20 +90,21 @@ def _visible(layout: _Layout, q_slot, k_slot, q_ids, k_ids):
 
 
 def _unpack(refs, layout: _Layout, n_tail: int):
-  """Splits a kernel's refs into (q, k, v, q tables, k tables, ids, rest)."""
+  """Splits a kernel's refs into (q, k, v, q table, k table, ids, rest)."""
   refs = list(refs)
   q_ref, k_ref, v_ref = refs[:3]
   pos = 3
-  q_tables = k_tables = ids = (None, None)
+  q_table = k_table = None
+  ids = (None, None)
   if layout.rope_q:
-    q_tables, pos = (refs[pos], refs[pos + 1]), pos + 2
+    q_table, pos = refs[pos], pos + 1
   if layout.rope_k:
-    k_tables, pos = (refs[pos], refs[pos + 1]), pos + 2
+    k_table, pos = refs[pos], pos + 1
   if layout.has_ids:
     ids, pos = (refs[pos], refs[pos + 1]), pos + 2
   rest = refs[pos:]
   assert len(rest) == n_tail, (len(rest), n_tail)
-  return q_ref, k_ref, v_ref, q_tables, k_tables, ids, rest
+  return q_ref, k_ref, v_ref, q_table, k_table, ids, rest
 
 
 def _query(layout: _Layout, q_plain, q_rot, kv_start):
@@ -105,7 +120,7 @@ def _query(layout: _Layout, q_plain, q_rot, kv_start):
 
 
 def _forward_kernel(offsets_ref, *refs, layout: _Layout):
-  q_ref, k_ref, v_ref, (qc, qs), (kc, ks), (qid_ref, kvid_ref), rest = _unpack(refs, layout, 5 + layout.rope_q)
+  q_ref, k_ref, v_ref, qt, kt, (qid_ref, kvid_ref), rest = _unpack(refs, layout, 5 + layout.rope_q)
   o_ref, lse_ref, m_sc, l_sc, acc_sc = rest[:5]
   qrot_sc = rest[5] if layout.rope_q else None
   b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
@@ -117,7 +132,7 @@ def _forward_kernel(offsets_ref, *refs, layout: _Layout):
     l_sc[...] = jnp.zeros(l_sc.shape, _F32)
     acc_sc[...] = jnp.zeros(acc_sc.shape, _F32)
     if layout.rope_q:  # rotate the query tile once; it stays in VMEM for every key block
-      qrot_sc[...] = _rotate(q_ref[...].astype(_F32), qc[...], qs[...], layout.rope_style).astype(qrot_sc.dtype)
+      qrot_sc[...] = _rotate(q_ref[...].astype(_F32), qt[...], layout.rope_style).astype(qrot_sc.dtype)
 
   q_start = offsets_ref[b] + i * bq
   run = (j * bk <= q_start + bq - 1) if layout.causal else True
@@ -126,7 +141,7 @@ def _forward_kernel(offsets_ref, *refs, layout: _Layout):
   def _step():
     k = k_ref[...]
     if layout.rope_k:
-      k = _rotate(k.astype(_F32), kc[...], ks[...], layout.rope_style).astype(k.dtype)
+      k = _rotate(k.astype(_F32), kt[...], layout.rope_style).astype(k.dtype)
     q = _query(layout, q_ref[...], qrot_sc[...] if layout.rope_q else None, j * bk)
     s = lax.dot_general(q, k, _NT, preferred_element_type=_F32) * layout.scale  # [bq, bk]
     q_slot = q_start + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
@@ -162,29 +177,25 @@ def _specs(layout: _Layout, bq: int, bk: int, d: int, q_index, kv_index, q_head,
   """BlockSpecs of (q, k, v, tables, ids) for index functions q_index / kv_index (block numbers) and heads."""
 
   squeezed = pl.Squeezed()
-  kv_spec = pl.BlockSpec((squeezed, squeezed, bk, d), lambda *g: (g[0], kv_head(*g), kv_index(*g), 0))
-  specs = [pl.BlockSpec((squeezed, squeezed, bq, d), lambda *g: (g[0], q_head(*g), q_index(*g), 0)), kv_spec,
-           kv_spec]
+  kv_spec = pl.BlockSpec((squeezed, bk, d), lambda *g: (g[0], kv_index(*g), kv_head(*g)))
+  specs = [pl.BlockSpec((squeezed, bq, d), lambda *g: (g[0], q_index(*g), q_head(*g))), kv_spec, kv_spec]
   if layout.rope_q:
     q_table = pl.BlockSpec((squeezed, bq, d),
                            lambda *g: (g[0] if layout.q_table_batch > 1 else 0, q_index(*g), 0))
-    specs += [q_table, q_table]
+    specs.append(q_table)
   if layout.rope_k:
     k_table = pl.BlockSpec((squeezed, bk, d),
                            lambda *g: (g[0] if layout.k_table_batch > 1 else 0, kv_index(*g), 0))
-    specs += [k_table, k_table]
+    specs.append(k_table)
   if layout.has_ids:
     specs += [pl.BlockSpec((squeezed, 1, bq), lambda *g: (g[0], 0, q_index(*g))),
               pl.BlockSpec((squeezed, 1, bk), lambda *g: (g[0], 0, kv_index(*g)))]
   return specs
 
 
-def _inputs(q, k, v, q_tables, k_tables, ids):
-  args = [q, k, v]
-  for group in (q_tables, k_tables, ids):
-    if group is not None:
-      args += list(group)
-  return args
+def _inputs(q, k, v, q_table, k_table, ids):
+  args = [q, k, v] + [t for t in (q_table, k_table) if t is not None]
+  return args + ([] if ids is None else list(ids))
 
 
 def _params(layout: _Layout, semantics):
@@ -203,8 +214,9 @@ def _visited_pairs(layout: _Layout, t: int, s: int, bq: int, bk: int) -> int:
 def _cost(layout: _Layout, q, k, bq: int, bk: int, matmuls: int, tensors_read: int) -> pl.CostEstimate:
   """What one call does, for XLA's cost analysis (a custom call is otherwise counted as free): `matmuls` [bq, bk]
   x D products per visited block pair, one exp per logit, and `tensors_read` q-sized / k-sized tensors moved."""
-  b, n, t, d = q.shape
-  logits = b * n * _visited_pairs(layout, t, k.shape[2], bq, bk) * bq * bk
+  b, t, width = q.shape
+  d = layout.head_dim
+  logits = b * (width // d) * _visited_pairs(layout, t, k.shape[1], bq, bk) * bq * bk
   bytes_accessed = tensors_read * (q.size * q.dtype.itemsize + 2 * k.size * k.dtype.itemsize)
   return pl.CostEstimate(flops=2 * matmuls * logits * d, transcendentals=logits, bytes_accessed=bytes_accessed)
 
@@ -221,10 +233,11 @@ def _full_block_index(layout: _Layout, bq: int, bk: int, num_kv_blocks: int):
   return index
 
 
-def forward(q, k, v, q_tables, k_tables, ids, offsets, layout: _Layout):
-  """q [B, N, T, D], k / v [B, K, S, D] (padded) -> (o [B, N, T, D], lse [B, N, 1, T] fp32)."""
-  b, n, t, d = q.shape
-  kv_heads, s = k.shape[1], k.shape[2]
+def forward(q, k, v, q_table, k_table, ids, offsets, layout: _Layout):
+  """q [B, T, N*D], k / v [B, S, K*D] (padded) -> (o [B, T, N*D], lse [B, N, 1, T] fp32)."""
+  d = layout.head_dim
+  b, t, n = q.shape[0], q.shape[1], q.shape[2] // d
+  s, kv_heads = k.shape[1], k.shape[2] // d
   bq, bk = layout.block_q, layout.block_kv
   group = n // kv_heads
   grid = (b, n, t // bq, s // bk)
@@ -235,7 +248,7 @@ def forward(q, k, v, q_tables, k_tables, ids, offsets, layout: _Layout):
   if layout.rope_q:
     scratch.append(pltpu.VMEM((bq, d), q.dtype))
   squeezed = pl.Squeezed()
-  out_specs = [pl.BlockSpec((squeezed, squeezed, bq, d), lambda b_, h, i, j, o: (b_, h, i, 0)),
+  out_specs = [pl.BlockSpec((squeezed, bq, d), lambda b_, h, i, j, o: (b_, i, h)),
                pl.BlockSpec((squeezed, squeezed, 1, bq), lambda b_, h, i, j, o: (b_, h, 0, i))]
   return pl.pallas_call(
       functools.partial(_forward_kernel, layout=layout),
@@ -246,14 +259,14 @@ def forward(q, k, v, q_tables, k_tables, ids, offsets, layout: _Layout):
       interpret=layout.interpret,
       cost_estimate=_cost(layout, q, k, bq, bk, matmuls=2, tensors_read=1),
       name="planx_flash_attention_fwd",
-  )(offsets, *_inputs(q, k, v, q_tables, k_tables, ids))
+  )(offsets, *_inputs(q, k, v, q_table, k_table, ids))
 
 
 # ------------------------------------------------------------------------------------------------ backward
 
 
 def _dkv_kernel(offsets_ref, *refs, layout: _Layout):
-  q_ref, k_ref, v_ref, (qc, qs), (kc, ks), (qid_ref, kvid_ref), rest = _unpack(refs, layout, 7 + layout.rope_k)
+  q_ref, k_ref, v_ref, qt, kt, (qid_ref, kvid_ref), rest = _unpack(refs, layout, 7 + layout.rope_k)
   lse_ref, delta_ref, do_ref, dk_ref, dv_ref, dk_sc, dv_sc = rest[:7]
   krot_sc = rest[7] if layout.rope_k else None
   b, j, g, i = pl.program_id(0), pl.program_id(2), pl.program_id(3), pl.program_id(4)
@@ -264,7 +277,7 @@ def _dkv_kernel(offsets_ref, *refs, layout: _Layout):
     dk_sc[...] = jnp.zeros(dk_sc.shape, _F32)
     dv_sc[...] = jnp.zeros(dv_sc.shape, _F32)
     if layout.rope_k:  # rotate the key tile once; it stays in VMEM for every query block
-      krot_sc[...] = _rotate(k_ref[...].astype(_F32), kc[...], ks[...], layout.rope_style).astype(krot_sc.dtype)
+      krot_sc[...] = _rotate(k_ref[...].astype(_F32), kt[...], layout.rope_style).astype(krot_sc.dtype)
 
   q_start = offsets_ref[b] + i * bq
   run = (j * bk <= q_start + bq - 1) if layout.causal else True
@@ -275,7 +288,7 @@ def _dkv_kernel(offsets_ref, *refs, layout: _Layout):
     q_plain = q_ref[...]
     q_rot = None
     if layout.rope_q:
-      q_rot = _rotate(q_plain.astype(_F32), qc[...], qs[...], layout.rope_style).astype(q_plain.dtype)
+      q_rot = _rotate(q_plain.astype(_F32), qt[...], layout.rope_style).astype(q_plain.dtype)
     q = _query(layout, q_plain, q_rot, j * bk)
     s_t = lax.dot_general(k, q, _NT, preferred_element_type=_F32) * layout.scale  # [bk, bq]
     k_slot = j * bk + lax.broadcasted_iota(jnp.int32, (bk, 1), 0)
@@ -295,7 +308,7 @@ def _dkv_kernel(offsets_ref, *refs, layout: _Layout):
   def _finish():
     dk = dk_sc[...]
     if layout.rope_k:  # gradient of the rotation: the inverse rotation (negated sin)
-      dk = _rotate(dk, kc[...], -ks[...], layout.rope_style)
+      dk = _rotate(dk, kt[...], layout.rope_style, inverse=True)
     dk_ref[...] = dk.astype(dk_ref.dtype)
     dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
 
@@ -303,7 +316,7 @@ def _dkv_kernel(offsets_ref, *refs, layout: _Layout):
 def _dq_kernel(offsets_ref, *refs, layout: _Layout):
   plain_acc = (not layout.rope_q) or layout.plain_kv_len > 0
   n_tail = 4 + plain_acc + 2 * layout.rope_q
-  q_ref, k_ref, v_ref, (qc, qs), (kc, ks), (qid_ref, kvid_ref), rest = _unpack(refs, layout, n_tail)
+  q_ref, k_ref, v_ref, qt, kt, (qid_ref, kvid_ref), rest = _unpack(refs, layout, n_tail)
   lse_ref, delta_ref, do_ref, dq_ref = rest[:4]
   rest = rest[4:]
   plain_sc = rest.pop(0) if plain_acc else None
@@ -317,7 +330,7 @@ def _dq_kernel(offsets_ref, *refs, layout: _Layout):
       if acc is not None:
         acc[...] = jnp.zeros(acc.shape, _F32)
     if layout.rope_q:
-      qrot_sc[...] = _rotate(q_ref[...].astype(_F32), qc[...], qs[...], layout.rope_style).astype(qrot_sc.dtype)
+      qrot_sc[...] = _rotate(q_ref[...].astype(_F32), qt[...], layout.rope_style).astype(qrot_sc.dtype)
 
   q_start = offsets_ref[b] + i * bq
   run = (j * bk <= q_start + bq - 1) if layout.causal else True
@@ -326,7 +339,7 @@ def _dq_kernel(offsets_ref, *refs, layout: _Layout):
   def _step():
     k = k_ref[...]
     if layout.rope_k:
-      k = _rotate(k.astype(_F32), kc[...], ks[...], layout.rope_style).astype(k.dtype)
+      k = _rotate(k.astype(_F32), kt[...], layout.rope_style).astype(k.dtype)
     q = _query(layout, q_ref[...], qrot_sc[...] if layout.rope_q else None, j * bk)
     s = lax.dot_general(q, k, _NT, preferred_element_type=_F32) * layout.scale  # [bq, bk]
     q_slot = q_start + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
@@ -362,20 +375,22 @@ def _dq_kernel(offsets_ref, *refs, layout: _Layout):
     if plain_sc is not None:
       dq = dq + plain_sc[...]
     if rot_sc is not None:
-      dq = dq + _rotate(rot_sc[...], qc[...], -qs[...], layout.rope_style)
+      dq = dq + _rotate(rot_sc[...], qt[...], layout.rope_style, inverse=True)
     dq_ref[...] = dq.astype(dq_ref.dtype)
 
 
-def backward(q, k, v, q_tables, k_tables, ids, offsets, o, lse, do, layout: _Layout):
+def backward(q, k, v, q_table, k_table, ids, offsets, o, lse, do, layout: _Layout):
   """Gradients (dq, dk, dv) of the forward given its output o and logsumexp lse."""
-  b, n, t, d = q.shape
-  kv_heads, s = k.shape[1], k.shape[2]
+  d = layout.head_dim
+  b, t, n = q.shape[0], q.shape[1], q.shape[2] // d
+  s, kv_heads = k.shape[1], k.shape[2] // d
   group = n // kv_heads
   bq, bk = layout.block_q_bwd, layout.block_kv_bwd
   nq, nk = t // bq, s // bk
-  delta = jnp.sum(o.astype(_F32) * do.astype(_F32), axis=-1)[:, :, None, :]  # [B, N, 1, T]
+  delta = jnp.sum((o.astype(_F32) * do.astype(_F32)).reshape(b, t, n, d), axis=-1)  # [B, T, N]
+  delta = delta.transpose(0, 2, 1)[:, :, None, :]  # [B, N, 1, T]
   squeezed = pl.Squeezed()
-  args = _inputs(q, k, v, q_tables, k_tables, ids)
+  args = _inputs(q, k, v, q_table, k_table, ids)
 
   # dK / dV: grid (B, K, kv blocks, G, q blocks); the G query heads of a kv head accumulate into one tile.
   if layout.causal:
@@ -389,9 +404,9 @@ def backward(q, k, v, q_tables, k_tables, ids, offsets, o, lse, do, layout: _Lay
                      lambda b_, kh, j, g, i, o_: kh * group + g, lambda b_, kh, j, g, i, o_: kh)
   row = pl.BlockSpec((squeezed, squeezed, 1, bq), lambda b_, kh, j, g, i, o_: (b_, kh * group + g, 0,
                                                                                q_index(b_, kh, j, g, i, o_)))
-  do_spec = pl.BlockSpec((squeezed, squeezed, bq, d), lambda b_, kh, j, g, i, o_: (b_, kh * group + g,
-                                                                                   q_index(b_, kh, j, g, i, o_), 0))
-  kv_out = pl.BlockSpec((squeezed, squeezed, bk, d), lambda b_, kh, j, g, i, o_: (b_, kh, j, 0))
+  do_spec = pl.BlockSpec((squeezed, bq, d), lambda b_, kh, j, g, i, o_: (b_, q_index(b_, kh, j, g, i, o_),
+                                                                         kh * group + g))
+  kv_out = pl.BlockSpec((squeezed, bk, d), lambda b_, kh, j, g, i, o_: (b_, j, kh))
   scratch = [pltpu.VMEM((bk, d), _F32), pltpu.VMEM((bk, d), _F32)]
   if layout.rope_k:
     scratch.append(pltpu.VMEM((bk, d), k.dtype))
@@ -412,7 +427,7 @@ def backward(q, k, v, q_tables, k_tables, ids, offsets, o, lse, do, layout: _Lay
   dq_specs = _specs(layout, bq, bk, d, lambda b_, h, i, j, o_: i, kv_index, lambda b_, h, i, j, o_: h,
                     lambda b_, h, i, j, o_: h // group)
   q_row = pl.BlockSpec((squeezed, squeezed, 1, bq), lambda b_, h, i, j, o_: (b_, h, 0, i))
-  q_tile = pl.BlockSpec((squeezed, squeezed, bq, d), lambda b_, h, i, j, o_: (b_, h, i, 0))
+  q_tile = pl.BlockSpec((squeezed, bq, d), lambda b_, h, i, j, o_: (b_, i, h))
   scratch = []
   if (not layout.rope_q) or layout.plain_kv_len > 0:
     scratch.append(pltpu.VMEM((bq, d), _F32))
@@ -436,14 +451,14 @@ def backward(q, k, v, q_tables, k_tables, ids, offsets, o, lse, do, layout: _Lay
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
-def flash(q, k, v, q_tables, k_tables, ids, offsets, layout: _Layout):
+def flash(q, k, v, q_table, k_table, ids, offsets, layout: _Layout):
   """Differentiable in q, k, v; RoPE tables, ids and offsets are constants (zero cotangents)."""
-  return forward(q, k, v, q_tables, k_tables, ids, offsets, layout)[0]
+  return forward(q, k, v, q_table, k_table, ids, offsets, layout)[0]
 
 
-def _flash_fwd(q, k, v, q_tables, k_tables, ids, offsets, layout):
-  o, lse = forward(q, k, v, q_tables, k_tables, ids, offsets, layout)
-  return o, (q, k, v, q_tables, k_tables, ids, offsets, o, lse)
+def _flash_fwd(q, k, v, q_table, k_table, ids, offsets, layout):
+  o, lse = forward(q, k, v, q_table, k_table, ids, offsets, layout)
+  return o, (q, k, v, q_table, k_table, ids, offsets, o, lse)
 
 
 def _zeros_like_tree(tree):
@@ -452,9 +467,9 @@ def _zeros_like_tree(tree):
 
 
 def _flash_bwd(layout, residuals, do):
-  q, k, v, q_tables, k_tables, ids, offsets, o, lse = residuals
-  dq, dk, dv = backward(q, k, v, q_tables, k_tables, ids, offsets, o, lse, do, layout)
-  return (dq, dk, dv, _zeros_like_tree(q_tables), _zeros_like_tree(k_tables), _zeros_like_tree(ids),
+  q, k, v, q_table, k_table, ids, offsets, o, lse = residuals
+  dq, dk, dv = backward(q, k, v, q_table, k_table, ids, offsets, o, lse, do, layout)
+  return (dq, dk, dv, _zeros_like_tree(q_table), _zeros_like_tree(k_table), _zeros_like_tree(ids),
           _zeros_like_tree(offsets))
 
 

@@ -1,7 +1,7 @@
 """Rotary position embedding as the attention kernels see it: rotations from gathered cos / sin tables.
 
-The two layouts Plan-X needs (Qwen2's half-split, Wan's interleaved pairs), applied in fp32, and the full-width
-signed tables the Pallas kernel rotates tiles with. Not the table construction from positions: `models.rope`.
+The two layouts Plan-X needs (Qwen2's half-split, Wan's interleaved pairs), applied in fp32, and the packed
+cos / sin table the Pallas kernel rotates tiles with. Not the table construction from positions: `models.rope`.
 """
 
 import jax
@@ -54,16 +54,14 @@ def apply_rope(x: jax.Array, tables: tuple[jax.Array, jax.Array], style: str) ->
   return rotate(x, *tables)
 
 
-def full_width_tables(cos: jax.Array, sin: jax.Array, style: str) -> tuple[jax.Array, jax.Array]:
-  """[.., L, D/2] tables -> ([.., L, D] cos, [.., L, D] signed sin) fp32 so that x' = x * cos + partner(x) * sin.
+def packed_table(cos: jax.Array, sin: jax.Array, style: str) -> jax.Array:
+  """[.., L, D/2] cos and sin -> one [.., L, D] fp32 table in the lane order the kernel unpacks.
 
-  partner(x) is x rolled by D/2 for "half" ([x2, x1], sin signed [-sin, sin]) and the pair neighbour
-  (lane i ^ 1) for "interleaved" (sin signed [-s0, s0, -s1, s1, ...]). Negating the signed sin gives the
-  inverse rotation (the gradient's).
+  "half": [cos, sin] (lanes 0..D/2-1 hold cos); "interleaved": [c0, s0, c1, s1, ...] (each rotated pair's lanes
+  hold its own cos and sin). The kernel rebuilds the full-width cos and signed sin with lane rolls, so a table
+  costs D values per token instead of 2 D.
   """
   cos, sin = cos.astype(jnp.float32), sin.astype(jnp.float32)
   if validate_style(style) == "half":
-    return jnp.concatenate([cos, cos], axis=-1), jnp.concatenate([-sin, sin], axis=-1)
-  full_cos = jnp.repeat(cos, 2, axis=-1)  # [.., L, D]
-  signed_sin = jnp.stack([-sin, sin], axis=-1).reshape(*sin.shape[:-1], 2 * sin.shape[-1])  # [.., L, D]
-  return full_cos, signed_sin
+    return jnp.concatenate([cos, sin], axis=-1)
+  return jnp.stack([cos, sin], axis=-1).reshape(*cos.shape[:-1], 2 * cos.shape[-1])
