@@ -116,6 +116,30 @@ def _query(layout: _Layout, q_plain, q_rot, kv_start):
   return jnp.where(kv_start < layout.plain_kv_len, q_plain, q_rot)
 
 
+def _block_run(layout: _Layout, offset, i, j, bq: int, bk: int):
+  """(slot of query block i's first row, whether key block j has a visible key for it: causal skips blocks
+  entirely above the diagonal)."""
+  q_start = offset + i * bq
+  return q_start, (j * bk <= q_start + bq - 1) if layout.causal else True
+
+
+def _block_logits(layout: _Layout, q_ref, k_ref, k_table, qrot_sc, id_refs, q_start, j):
+  """Scaled logits [bq, bk] fp32 of query block (first slot q_start) and key block j, the (rotated) key tile, and
+  the visibility mask (or None); shared by the forward and dQ kernels."""
+  bq, bk = q_ref.shape[0], k_ref.shape[0]
+  k = k_ref[...]
+  if layout.rope_k:
+    k = _rotate(k.astype(_F32), k_table[...], layout.rope_style).astype(k.dtype)
+  q = _query(layout, q_ref[...], qrot_sc[...] if layout.rope_q else None, j * bk)
+  s = lax.dot_general(q, k, _NT, preferred_element_type=_F32) * layout.scale  # [bq, bk]
+  q_slot = q_start + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
+  k_slot = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
+  qid_ref, kvid_ref = id_refs
+  mask = _visible(layout, q_slot, k_slot, _column(qid_ref[...]) if layout.has_ids else None,
+                  kvid_ref[...] if layout.has_ids else None)
+  return s, k, mask
+
+
 # ------------------------------------------------------------------------------------------------ forward
 
 
@@ -134,20 +158,11 @@ def _forward_kernel(offsets_ref, *refs, layout: _Layout):
     if layout.rope_q:  # rotate the query tile once; it stays in VMEM for every key block
       qrot_sc[...] = _rotate(q_ref[...].astype(_F32), qt[...], layout.rope_style).astype(qrot_sc.dtype)
 
-  q_start = offsets_ref[b] + i * bq
-  run = (j * bk <= q_start + bq - 1) if layout.causal else True
+  q_start, run = _block_run(layout, offsets_ref[b], i, j, bq, bk)
 
   @pl.when(run)
   def _step():
-    k = k_ref[...]
-    if layout.rope_k:
-      k = _rotate(k.astype(_F32), kt[...], layout.rope_style).astype(k.dtype)
-    q = _query(layout, q_ref[...], qrot_sc[...] if layout.rope_q else None, j * bk)
-    s = lax.dot_general(q, k, _NT, preferred_element_type=_F32) * layout.scale  # [bq, bk]
-    q_slot = q_start + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
-    k_slot = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
-    mask = _visible(layout, q_slot, k_slot, _column(qid_ref[...]) if layout.has_ids else None,
-                    kvid_ref[...] if layout.has_ids else None)
+    s, _, mask = _block_logits(layout, q_ref, k_ref, kt, qrot_sc, (qid_ref, kvid_ref), q_start, j)
     if mask is not None:
       s = jnp.where(mask, s, MASK_VALUE)
     m_prev = m_sc[...]  # [bq, 1]
@@ -279,8 +294,7 @@ def _dkv_kernel(offsets_ref, *refs, layout: _Layout):
     if layout.rope_k:  # rotate the key tile once; it stays in VMEM for every query block
       krot_sc[...] = _rotate(k_ref[...].astype(_F32), kt[...], layout.rope_style).astype(krot_sc.dtype)
 
-  q_start = offsets_ref[b] + i * bq
-  run = (j * bk <= q_start + bq - 1) if layout.causal else True
+  q_start, run = _block_run(layout, offsets_ref[b], i, j, bq, bk)
 
   @pl.when(run)
   def _step():
@@ -332,20 +346,11 @@ def _dq_kernel(offsets_ref, *refs, layout: _Layout):
     if layout.rope_q:
       qrot_sc[...] = _rotate(q_ref[...].astype(_F32), qt[...], layout.rope_style).astype(qrot_sc.dtype)
 
-  q_start = offsets_ref[b] + i * bq
-  run = (j * bk <= q_start + bq - 1) if layout.causal else True
+  q_start, run = _block_run(layout, offsets_ref[b], i, j, bq, bk)
 
   @pl.when(run)
   def _step():
-    k = k_ref[...]
-    if layout.rope_k:
-      k = _rotate(k.astype(_F32), kt[...], layout.rope_style).astype(k.dtype)
-    q = _query(layout, q_ref[...], qrot_sc[...] if layout.rope_q else None, j * bk)
-    s = lax.dot_general(q, k, _NT, preferred_element_type=_F32) * layout.scale  # [bq, bk]
-    q_slot = q_start + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
-    k_slot = j * bk + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
-    mask = _visible(layout, q_slot, k_slot, _column(qid_ref[...]) if layout.has_ids else None,
-                    kvid_ref[...] if layout.has_ids else None)
+    s, k, mask = _block_logits(layout, q_ref, k_ref, kt, qrot_sc, (qid_ref, kvid_ref), q_start, j)
     p = jnp.exp(s - _column(lse_ref[...]))
     if mask is not None:
       p = jnp.where(mask, p, 0.0)

@@ -16,6 +16,11 @@ def validate_style(style: str) -> str:
   return style
 
 
+def _per_head(table: jax.Array) -> jax.Array:
+  """[B or 1, L, D/2] (or [L, D/2]) -> [B or 1, L, 1, D/2], broadcasting over heads."""
+  return (table[None] if table.ndim == 2 else table)[:, :, None, :]
+
+
 def apply_rope_half(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   """Half-split rotation: x' = x * [cos, cos] + rotate_half(x) * [sin, sin].
 
@@ -23,11 +28,8 @@ def apply_rope_half(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     x: [B, L, H, D].
     cos, sin: [B or 1, L, D/2] (or [L, D/2]) fp32.
   """
-  if cos.ndim == 2:
-    cos, sin = cos[None], sin[None]
-  x32 = x.astype(jnp.float32)
-  x1, x2 = jnp.split(x32, 2, axis=-1)  # [B, L, H, D/2] each
-  cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+  cos, sin = _per_head(cos), _per_head(sin)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # [B, L, H, D/2] each
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
 
@@ -39,11 +41,9 @@ def apply_rope_interleaved(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.
     x: [B, L, H, D].
     cos, sin: [B or 1, L, D/2] (or [L, D/2]) fp32.
   """
-  if cos.ndim == 2:
-    cos, sin = cos[None], sin[None]
+  cos, sin = _per_head(cos), _per_head(sin)
   x32 = x.astype(jnp.float32).reshape(*x.shape[:-1], x.shape[-1] // 2, 2)  # [B, L, H, D/2, 2]
   x1, x2 = x32[..., 0], x32[..., 1]
-  cos, sin = cos[:, :, None, :], sin[:, :, None, :]
   out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)  # [B, L, H, D/2, 2]
   return out.reshape(x.shape).astype(x.dtype)
 
