@@ -46,6 +46,7 @@ setup(
         "safetensors",
         "numpy",
         "tqdm",
+        "tensorboard",  # event files written without TensorFlow
         "imageio",
         "imageio-ffmpeg",  # bundles an ffmpeg binary: MP4 without a system ffmpeg
         "pillow",

@@ -8,9 +8,10 @@ import argparse
 import logging
 import sys
 
-from planx_jax.commands import convert, generate, plan
+from planx_jax.commands import compile as compile_command
+from planx_jax.commands import convert, generate, plan, train
 
-SUBCOMMANDS = {"convert": convert, "generate": generate, "plan": plan}
+SUBCOMMANDS = {"compile": compile_command, "convert": convert, "generate": generate, "plan": plan, "train": train}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args, extra = parser.parse_known_args(argv)
+  # `--config.key=value` overrides of an experiment config (big_vision style) for the commands that take one.
+  overrides = [item for item in extra if item.startswith("--config.")]
+  unknown = [item for item in extra if not item.startswith("--config.")]
+  if unknown or (overrides and not getattr(args, "accepts_config_overrides", False)):
+    parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+  args.config_overrides = overrides
   logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+  if not args.verbose:
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save INFO lines
   try:
     return args.run(args) or 0
   except (ValueError, FileNotFoundError, FileExistsError) as err:

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 CHECKPOINT_KIND = "dit"
-RUNTIME_FIELDS = {"dtype", "param_dtype", "attention_impl", "scan_layers"}
+RUNTIME_FIELDS = {"dtype", "param_dtype", "attention_impl", "scan_layers", "remat"}
 
 
 def _example_inputs(config: DiTConfig):

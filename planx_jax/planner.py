@@ -30,7 +30,7 @@ __all__ = [
 
 CHECKPOINT_KIND = "planner"
 # Config fields that do not change the params, so a checkpoint can be loaded with other values.
-RUNTIME_FIELDS = {"dtype", "param_dtype", "attention_impl", "scan_layers", "max_position_embeddings"}
+RUNTIME_FIELDS = {"dtype", "param_dtype", "attention_impl", "scan_layers", "remat", "max_position_embeddings"}
 
 
 def _boxed_init(config: PlannerConfig):

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 from planx_jax.kernels.attention import attention, split_cross_attention
 from planx_jax.models.dit_config import DiTConfig
 from planx_jax.models.dit_semantic import check_semantic_inputs
-from planx_jax.models.layers import Einsum, RMSNorm, dtype_of
+from planx_jax.models.layers import Einsum, RMSNorm, dtype_of, maybe_remat
 from planx_jax.models.rope import rope3d_tables, video_rope_tables
+from planx_jax.parallel.rules import constrain
 
 
 def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
@@ -141,7 +142,7 @@ class DiTBlock(nn.Module):
     h = jax.nn.gelu(h.astype(jnp.float32), approximate=True).astype(dtype)
     h = dense(h, cfg.dim, ("mlp", "embed"), dtype, pdtype, "ffn_2")
     x = (x.astype(jnp.float32) + h.astype(jnp.float32) * c_gate).astype(dtype)
-    return x, None
+    return constrain(x, ("act_batch", "act_len", "act_embed")), None
 
 
 class DiT(nn.Module):
@@ -217,14 +218,15 @@ class DiT(nn.Module):
       raise ValueError("initialise a DiT with a semantic branch by passing semantic tokens to init")
 
     args = (modulation, video_rope, text, semantic, semantic_rope, semantic_mask)
+    block_cls = maybe_remat(DiTBlock, cfg.remat)
     if cfg.scan_layers:
-      blocks = nn.scan(DiTBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+      blocks = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=(nn.broadcast,) * len(args), length=cfg.num_layers,
                        metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="blocks")
       x, _ = blocks(x, *args)
     else:
       for i in range(cfg.num_layers):
-        x, _ = DiTBlock(cfg, name=f"blocks_{i}")(x, *args)
+        x, _ = block_cls(cfg, name=f"blocks_{i}")(x, *args)
 
     # Head: 2-way modulation from temb (not the 6-way projection), then project and unpatchify.
     table = self.param("head_scale_shift_table", nn.with_logical_partitioning(

@@ -8,7 +8,7 @@ import dataclasses
 from typing import ClassVar
 
 from planx_jax.config_utils import ConfigMixin
-from planx_jax.models.layers import dtype_of
+from planx_jax.models.layers import check_remat, dtype_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +19,8 @@ class DiTConfig(ConfigMixin):
   consumes (TA-Tok code width in stage 1, the planner width end to end); None means
   no semantic branch (the base Wan model). `dtype` is the compute dtype; norms,
   modulation, time embedding and RoPE stay fp32. `scan_layers` stacks the blocks
-  with `nn.scan` (params under `blocks` with a leading layer axis).
+  with `nn.scan` (params under `blocks` with a leading layer axis); `remat` names each block's
+  rematerialisation policy in training (`layers.REMAT_POLICIES`).
   """
 
   patch_size: tuple[int, int, int] = (1, 2, 2)
@@ -40,6 +41,7 @@ class DiTConfig(ConfigMixin):
   param_dtype: str = "float32"
   attention_impl: str = "auto"
   scan_layers: bool = True
+  remat: str = "none"
 
   PRESETS: ClassVar[tuple[str, ...]] = ("wan2_2_ti2v_5b", "tiny")
 
@@ -62,6 +64,7 @@ class DiTConfig(ConfigMixin):
     dtype_of(self.dtype)
     dtype_of(self.param_dtype)
     validate_impl(self.attention_impl)
+    check_remat(self.remat)
 
   @property
   def dim(self) -> int:

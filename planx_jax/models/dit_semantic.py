@@ -15,7 +15,7 @@ from planx_jax.models.dit_config import DiTConfig
 
 SEMANTIC_PARAM_NAMES = ("k_sem", "v_sem", "norm_k_sem", "semantic_embedding")
 # Copies made by `add_semantic_branch`: new name <- text-branch name, in every cross-attention block.
-_COPIED = {"k_sem": "k", "v_sem": "v", "norm_k_sem": "norm_k"}
+SEMANTIC_COPIES = {"k_sem": "k", "v_sem": "v", "norm_k_sem": "norm_k"}
 
 
 def _blocks(params: dict) -> list[dict]:
@@ -46,7 +46,7 @@ def add_semantic_branch(config: DiTConfig, params: dict, semantic_in_dim: int,
   for key in [k for k in params if k == "blocks" or k.startswith("blocks_")]:
     block = dict(params[key])
     cross = dict(block["cross_attn"])
-    for new, old in _COPIED.items():
+    for new, old in SEMANTIC_COPIES.items():
       cross[new] = jax.tree.map(lambda x: x.copy(), cross[old])
     block["cross_attn"] = cross
     params[key] = block

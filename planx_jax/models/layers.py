@@ -17,6 +17,30 @@ def dtype_of(name: str) -> jnp.dtype:
     raise ValueError(f"unknown dtype {name!r}; use float32, bfloat16 or float16") from err
 
 
+# Rematerialisation of scanned layers / blocks by name: what the backward pass may keep from the forward.
+REMAT_POLICIES = {
+    "none": None,  # no remat: keep every activation
+    "full": "nothing_saveable",  # recompute the whole layer
+    "dots": "checkpoint_dots",  # keep matmul outputs
+    "dots_no_batch": "dots_with_no_batch_dims_saveable",  # keep weight matmuls, recompute attention
+}
+
+
+def check_remat(name: str) -> str:
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat policy {name!r}; choose one of {sorted(REMAT_POLICIES)}")
+  return name
+
+
+def maybe_remat(module_cls, name: str, static_argnums: tuple[int, ...] = ()):
+  """`nn.remat(module_cls)` with the named policy, or `module_cls` itself for "none"."""
+  policy = REMAT_POLICIES[check_remat(name)]
+  if policy is None:
+    return module_cls
+  return nn.remat(module_cls, policy=getattr(jax.checkpoint_policies, policy), prevent_cse=False,
+                  static_argnums=static_argnums)
+
+
 class RMSNorm(nn.Module):
   """x * rsqrt(mean(x^2) + eps) in fp32, cast back to the compute dtype, times scale."""
 

@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 
 from planx_jax.kernels.attention import attention
-from planx_jax.models.layers import Einsum, RMSNorm, dtype_of
+from planx_jax.models.layers import Einsum, RMSNorm, dtype_of, maybe_remat
 from planx_jax.models.planner_config import PlannerConfig
 from planx_jax.models.rope import apply_rope_half, rope_tables
+from planx_jax.parallel.rules import constrain
 
 
 class KVCache(NamedTuple):
@@ -128,7 +129,7 @@ class DecoderLayer(nn.Module):
     x = x + attn
     norm = RMSNorm(cfg.rms_norm_eps, dtype=dtype, param_dtype=pdtype, name="post_attn_norm")(x)
     x = x + MLP(cfg, name="mlp")(norm)
-    return x, new_cache
+    return constrain(x, ("act_batch", "act_len", "act_embed")), new_cache
 
 
 class Planner(nn.Module):
@@ -143,11 +144,13 @@ class Planner(nn.Module):
         cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=pdtype,
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
     )
+    # cache_index (argument 7 counting self) is a Python int without a cache: static under remat.
+    layer_cls = maybe_remat(DecoderLayer, cfg.remat, static_argnums=(7,))
     if not cfg.scan_layers:
-      self.layer_list = [DecoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+      self.layer_list = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
     else:
       self.layers = nn.scan(
-          DecoderLayer,
+          layer_cls,
           variable_axes={"params": 0},
           split_rngs={"params": True},
           in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),

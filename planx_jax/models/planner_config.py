@@ -8,7 +8,7 @@ import dataclasses
 from typing import ClassVar
 
 from planx_jax.config_utils import ConfigMixin
-from planx_jax.models.layers import dtype_of
+from planx_jax.models.layers import check_remat, dtype_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +22,7 @@ class PlannerConfig(ConfigMixin):
   leading layer axis: fast compiles, the training layout); False unrolls them
   (`layers_0`, ...), which decodes faster where XLA copies each scanned layer's
   weights out of the stack every step (CPU). `models.layer_layout` converts.
+  `remat` names the rematerialisation policy of each layer in training (`layers.REMAT_POLICIES`).
   """
 
   vocab_size: int = 151936
@@ -39,6 +40,7 @@ class PlannerConfig(ConfigMixin):
   param_dtype: str = "float32"
   attention_impl: str = "auto"
   scan_layers: bool = True
+  remat: str = "none"
 
   PRESETS: ClassVar[tuple[str, ...]] = ("qwen2_5_0_5b", "qwen2_5_1_5b", "qwen2_5_7b", "tiny")
 
@@ -58,6 +60,7 @@ class PlannerConfig(ConfigMixin):
     dtype_of(self.dtype)
     dtype_of(self.param_dtype)
     validate_impl(self.attention_impl)
+    check_remat(self.remat)
 
   # --- presets -------------------------------------------------------------
   @classmethod

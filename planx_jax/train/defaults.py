@@ -1,0 +1,74 @@
+"""Every key an experiment config may have, with defaults: configs/<stage>.py start from `base_config(stage)`
+and change values. A key not in here is an error (`check_keys`). Not a stage's numbers (those are the configs)."""
+
+import ml_collections
+
+from planx_jax.config_utils import unknown_key_error
+
+STAGES = ("planner_sft", "dit_stage1", "end_to_end")
+
+
+def _model(preset: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({"preset": preset, "overrides": ml_collections.ConfigDict(), "checkpoint": ""})
+
+
+def base_config(stage: str) -> ml_collections.ConfigDict:
+  if stage not in STAGES:
+    raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
+  c = ml_collections.ConfigDict()
+  c.stage = stage
+  c.seed = 0
+  c.num_steps = 100
+  c.batch_size = 8  # global, over all processes
+  c.microbatches = 1  # gradient accumulation
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "context": 1, "tensor": 1})
+  c.dcn_mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "context": 1, "tensor": 1})  # slices per axis
+  c.sharding_rules = ()  # ((logical name, mesh axes), ...) on top of parallel.rules.DEFAULT_RULES
+  c.precision = ml_collections.ConfigDict({"compute_dtype": "float32"})  # params stay fp32
+  c.remat = "none"
+  c.optimizer = ml_collections.ConfigDict({
+      "lr": 1e-4, "schedule": "cosine", "warmup_steps": 0, "min_lr_ratio": 0.1, "b1": 0.9, "b2": 0.999,
+      "eps": 1e-8, "weight_decay": 0.0, "clip_norm": 1.0})
+  c.lora = ml_collections.ConfigDict({"rank": 0, "alpha": 16.0, "targets": ("attention", "mlp")})
+  c.codebook_size = 65536  # TA-Tok codes
+  c.video_fps = 24.0
+  c.data = ml_collections.ConfigDict({
+      "source": "synthetic", "tfds_dir": "", "split": "train", "shuffle_seed": 0, "num_records": 64,
+      "seq_len": 2048,
+      "shapes": ml_collections.ConfigDict({"num_keyframes": 3, "latent_shape": (4, 8, 8, 48),
+                                            "text_shape": (512, 4096)})})
+  c.checkpoint = ml_collections.ConfigDict({"every": 100, "keep": 3, "async_save": True, "export_every": 0})
+  c.log = ml_collections.ConfigDict({"every": 10, "tensorboard": True, "profile_start": -1, "profile_steps": 3})
+  if stage in ("planner_sft", "end_to_end"):
+    c.planner = _model("qwen2_5_1_5b")
+    c.planner.tokenizer = ""  # a tokenizer directory; "" = the tiny test tokenizer
+    c.first_frame_drop = 0.5  # Plan-X: first-frame code embeddings zeroed with p = 0.5 (T2V / I2V hybrid)
+    c.ce_chunk = 512
+  if stage in ("dit_stage1", "end_to_end"):
+    c.dit = _model("wan2_2_ti2v_5b")
+    c.timesteps = ml_collections.ConfigDict({"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 1.0})
+    c.i2v_prob = 0.5  # first latent frame given (TI2V) with this probability where the example has one
+  if stage == "dit_stage1":
+    c.tatok = ml_collections.ConfigDict({"code_dim": 1536, "checkpoint": ""})
+    c.text_drop = ml_collections.ConfigDict({"start": 1.0, "end": 0.5, "ramp_steps": 1000})
+  if stage == "end_to_end":
+    c.flow_weight = 1.0
+    c.ce_weight = 0.1
+    c.text_drop = 0.1
+    c.dit_trainable = "all"
+  return c
+
+
+def check_keys(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first key of `config` the stage's schema does not have."""
+  _compare(config, base_config(config.get("stage", "")), "config")
+
+
+def _compare(config, schema, where: str) -> None:
+  for key in config.keys():
+    if key not in schema:
+      raise unknown_key_error(where, key, list(schema.keys()))
+    if isinstance(schema[key], ml_collections.ConfigDict) and key != "overrides":
+      if not isinstance(config[key], ml_collections.ConfigDict):
+        raise ValueError(f"{where}.{key} must be a group of fields, got {config[key]!r}")
+      _compare(config[key], schema[key], f"{where}.{key}")

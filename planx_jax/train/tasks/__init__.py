@@ -1,0 +1,10 @@
+"""The three Plan-X training stages as `Task`s, by name."""
+
+from planx_jax.train.tasks.base import Task
+from planx_jax.train.tasks.dit_stage1 import DiTStage1
+from planx_jax.train.tasks.end_to_end import EndToEnd
+from planx_jax.train.tasks.planner_sft import PlannerSFT
+
+TASKS = {cls.stage: cls for cls in (PlannerSFT, DiTStage1, EndToEnd)}
+
+__all__ = ["DiTStage1", "EndToEnd", "PlannerSFT", "TASKS", "Task"]

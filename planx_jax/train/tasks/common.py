@@ -1,0 +1,128 @@
+"""Pieces the three Plan-X training tasks share: model configs from the experiment config, the planner's
+first-frame dropout and cross-entropy, the DiT flow loss with first-frame conditioning and text drop, and model
+FLOP estimates. Not the step (train/step.py) and not the data (data/pipeline.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from planx_jax.losses import flow as flow_lib
+from planx_jax.losses.lm import chunked_masked_nll, next_token_targets
+from planx_jax.models.dit import DiT
+from planx_jax.models.dit_config import DiTConfig
+from planx_jax.models.dit_semantic import semantic_positions
+from planx_jax.models.planner import Planner
+from planx_jax.models.planner_config import PlannerConfig
+
+# Config fields of a model section: a preset name, field overrides, an optional checkpoint to start from.
+MODEL_SECTION_KEYS = ("preset", "overrides", "checkpoint")
+
+
+def model_config(cls, section, compute_dtype: str, remat: str, **extra):
+  """A PlannerConfig / DiTConfig from a config section {preset, overrides} with the run's precision and remat."""
+  overrides = dict(section.overrides.to_dict() if hasattr(section.overrides, "to_dict") else section.overrides)
+  overrides.setdefault("dtype", compute_dtype)
+  overrides.setdefault("remat", remat)
+  overrides.update(extra)
+  return cls.preset(section.preset, **overrides)
+
+
+# --- planner ------------------------------------------------------------------------------------------------
+
+def first_frame_zero_mask(rng, batch, drop_prob: float) -> jax.Array:
+  """[B, L] bool: the first-frame code tokens whose embeddings are zeroed (Plan-X's T2V / I2V hybrid).
+
+  Each conversation (row, segment id) drops its first frame with probability `drop_prob`; conversations without
+  a real first frame (`first_frame_given` False) always do.
+  """
+  b, l = batch["token_ids"].shape
+  dropped = jax.random.bernoulli(rng, drop_prob, (b, l + 1))  # one draw per (row, segment id)
+  per_token = jnp.take_along_axis(dropped, batch["segment_ids"], axis=1)  # [B, L]
+  return batch["first_frame_mask"] & (per_token | ~batch["first_frame_given"])
+
+
+def planner_head(config: PlannerConfig, params) -> tuple[jax.Array, str]:
+  if config.tie_word_embeddings:
+    return params["embed"]["embedding"], "vh"
+  return params["lm_head"]["kernel"], "hv"
+
+
+def planner_hidden(config: PlannerConfig, params, batch, zero_mask) -> jax.Array:
+  """Final hidden states [B, L, H] of the planner over a (packed) batch."""
+  return Planner(config).apply({"params": params}, batch["token_ids"], batch["positions"], batch["segment_ids"],
+                               zero_mask, method="hidden_states")
+
+
+def planner_nll_sum(config: PlannerConfig, params, hidden, batch, chunk_size: int) -> jax.Array:
+  """Sum of -log p over the batch's target code tokens (Plan-X Eq. 2), fp32."""
+  targets, mask = next_token_targets(batch["token_ids"], batch["loss_mask"])
+  head, layout = planner_head(config, params)
+  return chunked_masked_nll(hidden, head, targets, mask, head_layout=layout, chunk_size=chunk_size).nll_sum
+
+
+def num_target_tokens(batch) -> jax.Array:
+  """How many tokens the CE counts in a whole batch (targets are loss_mask[:, 1:])."""
+  return jnp.sum(batch["loss_mask"][:, 1:], dtype=jnp.int32)
+
+
+# --- DiT ----------------------------------------------------------------------------------------------------
+
+def keyframe_positions(dit_config: DiTConfig, latent_shape, keyframes, video_fps: float) -> np.ndarray:
+  """[S, 3] float (f, h, w) positions of the 9x9 code maps of `keyframes` on the latent-token grid."""
+  f, h, w = latent_shape[:3]
+  pt, ph, pw = dit_config.patch_size
+  return semantic_positions((f // pt, h // ph, w // pw), keyframes, video_fps=video_fps, patch_t=pt)
+
+
+def flow_loss_per_example(rng, dit_config: DiTConfig, dit_params, batch, semantic, positions, semantic_mask=None, *,
+                          text_drop,
+                          i2v_prob: float, sampling: flow_lib.TimestepSampling) -> tuple[jax.Array, jax.Array]:
+  """Rectified-flow loss (Plan-X Eq. 4) of each example and whether its text was dropped.
+
+  The first latent frame is given (TI2V: noise level 0, not counted) with probability `i2v_prob` where the
+  example has a first frame; text embeddings are replaced by zeros with probability `text_drop`.
+
+  Returns: per-example mean squared velocity error [B] fp32, text dropped [B] bool.
+  """
+  x0 = batch["latents"]  # [B, F, H, W, C]
+  b, f = x0.shape[:2]
+  k_noise, k_sigma, k_i2v, k_text = jax.random.split(rng, 4)
+  noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
+  sigma = sampling.sample(k_sigma, (b,))  # [B]
+  i2v = jax.random.bernoulli(k_i2v, i2v_prob, (b,)) & batch["has_first_frame"]
+  frame_mask = flow_lib.first_frame_mask(b, f, i2v.astype(jnp.int32))  # [B, F], 0 on the given frame
+  x_s = flow_lib.interpolate(x0, noise, flow_lib.per_frame_sigmas(sigma, frame_mask))
+  pt, ph, pw = dit_config.patch_size
+  tokens_per_frame = (x0.shape[2] // ph) * (x0.shape[3] // pw)
+  if pt != 1:
+    raise ValueError(f"per-token timesteps need a temporal patch of 1, got patch_size {dit_config.patch_size}")
+  timestep = flow_lib.sigma_to_timestep(flow_lib.per_token_sigmas(sigma, frame_mask, tokens_per_frame))
+  text, dropped = flow_lib.drop_condition(k_text, batch["text_emb"], 0.0, text_drop)
+  pred = DiT(dit_config).apply({"params": dit_params}, x_s.astype(dit_config.dtype), timestep, text, semantic,
+                               positions, semantic_mask)
+  error = jnp.square(pred.astype(jnp.float32) - flow_lib.velocity_target(x0, noise))  # [B, F, H, W, C]
+  per_frame = jnp.sum(error, axis=(2, 3, 4)) * frame_mask  # [B, F]
+  count = jnp.sum(frame_mask, axis=1) * np.prod(x0.shape[2:])  # [B]
+  return jnp.sum(per_frame, axis=1) / jnp.maximum(count, 1.0), dropped
+
+
+# --- FLOP estimates -----------------------------------------------------------------------------------------
+
+def planner_flops(config: PlannerConfig, num_params: int, batch: int, length: int, trainable: bool) -> float:
+  """Training FLOPs of one planner pass: 2 N T forward matmuls (+ the head for tied embeddings) and causal
+  attention, times 3 when its weights are trained (2 when only activation gradients flow)."""
+  tokens = batch * length
+  matmul_params = num_params - (0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size)
+  forward = 2.0 * matmul_params * tokens
+  forward += 2.0 * batch * length * length * config.num_heads * config.head_dim * config.num_layers  # causal
+  return forward * (3.0 if trainable else 2.0)
+
+
+def dit_flops(config: DiTConfig, num_params: int, num_trainable: int, batch: int, tokens: int, text_len: int,
+              semantic_len: int) -> float:
+  """Training FLOPs of one DiT pass: forward 2 N L + attention; backward 2 N L for activations plus 2 N_train L
+  for weight gradients."""
+  n, d = config.num_layers, config.dim
+  attention = 4.0 * batch * tokens * (tokens + text_len + semantic_len) * d * n
+  forward = 2.0 * num_params * batch * tokens + attention
+  return forward + (2.0 * num_params * batch * tokens + attention) + 2.0 * num_trainable * batch * tokens

@@ -1,0 +1,151 @@
+"""Plan-X stage: DiT stage 1. The Wan base is frozen and only the semantic branch (MLP, k_sem, v_sem,
+norm_k_sem) trains on rectified flow, with TA-Tok codebook vectors of the keyframe codes as semantic tokens and
+the text dropped with probability 1.0 -> 0.5 (DESIGN.md decision 6). Not the data pipeline."""
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from planx_jax import dit as dit_api
+from planx_jax import tatok as tatok_api
+from planx_jax.losses import flow as flow_lib
+from planx_jax.models.dit_config import DiTConfig
+from planx_jax.models.dit_semantic import SEMANTIC_COPIES, add_semantic_branch, semantic_branch_labels
+from planx_jax.train.tasks import common
+from planx_jax.train.tasks.base import Task
+
+CODES_PER_KEYFRAME = 81
+
+
+def build_dit_config(config, semantic_in_dim: int) -> DiTConfig:
+  return common.model_config(DiTConfig, config.dit, config.precision.compute_dtype, config.remat,
+                             semantic_in_dim=int(semantic_in_dim))
+
+
+def init_dit_with_branch(dit_config: DiTConfig, rng) -> dict:
+  """Random (jittable) DiT params whose semantic k / v / norm start as copies of the text ones (Plan-X 6.2)."""
+  params = dit_api.init_params(dit_config, rng)
+  blocks = [k for k in params if k == "blocks" or k.startswith("blocks_")]
+  for key in blocks:
+    cross = dict(params[key]["cross_attn"])
+    for new, old in SEMANTIC_COPIES.items():
+      cross[new] = jax.tree.map(jnp.copy, cross[old])
+    params[key] = {**params[key], "cross_attn": cross}
+  return params
+
+
+def load_dit(config, dit_config: DiTConfig) -> dict:
+  """Host params from `dit.checkpoint` (a planx DiT checkpoint, with or without the semantic branch)."""
+  path = config.dit.checkpoint
+  if not path:
+    return {}
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"dit.checkpoint {path} is not a directory")
+  loaded_config, params, _ = dit_api.load_checkpoint(path, scan_layers=dit_config.scan_layers)
+  if loaded_config.semantic_in_dim is None:
+    loaded_config, params = add_semantic_branch(loaded_config, params, dit_config.semantic_in_dim)
+  if loaded_config.semantic_in_dim != dit_config.semantic_in_dim:
+    raise ValueError(f"dit.checkpoint {path} has semantic_in_dim={loaded_config.semantic_in_dim}, the run needs "
+                     f"{dit_config.semantic_in_dim}")
+  for field in ("dim", "num_layers", "in_channels", "text_dim", "ffn_dim"):
+    if getattr(loaded_config, field) != getattr(dit_config, field):
+      raise ValueError(f"dit.checkpoint {path} has {field}={getattr(loaded_config, field)}, the config "
+                       f"{getattr(dit_config, field)}")
+  logging.info("dit: starting from %s", path)
+  return jax.tree.map(np.asarray, params)
+
+
+def timestep_sampling(config) -> flow_lib.TimestepSampling:
+  t = config.timesteps
+  return flow_lib.TimestepSampling(kind=t.kind, mean=float(t.mean), std=float(t.std), shift=float(t.shift))
+
+
+class DiTStage1(Task):
+  stage = "dit_stage1"
+  models = ("dit",)
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.code_dim = int(config.tatok.code_dim)
+    self.codebook_size = int(config.codebook_size)
+    self.dit_config = build_dit_config(config, self.code_dim)
+    self.shapes = config.data.shapes
+    self.sampling = timestep_sampling(config)
+    self.positions = common.keyframe_positions(self.dit_config, tuple(self.shapes.latent_shape), self.shapes.num_keyframes,
+                                               float(config.video_fps))  # [K * 81, 3]
+
+  def init_params(self, rng) -> dict:
+    k_dit, k_code = jax.random.split(rng)
+    codebook = jax.random.normal(k_code, (self.codebook_size, self.code_dim), jnp.float32)
+    codebook = codebook / jnp.linalg.norm(codebook, axis=-1, keepdims=True)
+    return {"dit": init_dit_with_branch(self.dit_config, k_dit), "codebook": codebook}
+
+  def param_logical_axes(self) -> dict:
+    return {"dit": dit_api.param_logical_axes(self.dit_config),
+            "codebook": jax.sharding.PartitionSpec(None, None)}
+
+  def pretrained_params(self) -> dict:
+    out = {}
+    loaded = load_dit(self.config, self.dit_config)
+    if loaded:
+      out["dit"] = loaded
+    path = self.config.tatok.checkpoint
+    if path:
+      tatok_config, tatok_params, _ = tatok_api.load_checkpoint(path)
+      if (tatok_config.codebook_size, tatok_config.code_dim) != (self.codebook_size, self.code_dim):
+        raise ValueError(f"tatok.checkpoint {path} has {tatok_config.codebook_size} codes of width "
+                         f"{tatok_config.code_dim}; the config says {self.codebook_size} x {self.code_dim}")
+      out["codebook"] = np.asarray(tatok_api.codebook_vectors(tatok_config, tatok_params))
+      logging.info("tatok: codebook from %s", path)
+    return out
+
+  def trainable(self, params):
+    labels = semantic_branch_labels(params["dit"])
+    return {"dit": jax.tree.map(lambda label: label == "trainable", labels),
+            "codebook": False}
+
+  def always_trainable(self, params):
+    return self.trainable(params)
+
+  def text_drop(self, step) -> jax.Array:
+    return flow_lib.text_drop_prob(step, float(self.config.text_drop.start), float(self.config.text_drop.end),
+                                   ramp_steps=int(self.config.text_drop.ramp_steps))
+
+  def batch_spec(self, batch_size: int) -> dict:
+    s = self.shapes
+    return {"latents": ((batch_size, *s.latent_shape), "float32"), "text_emb": ((batch_size, *s.text_shape), "float32"),
+            "codes_s2": ((batch_size, s.num_keyframes, CODES_PER_KEYFRAME), "int32"),
+            "has_first_frame": ((batch_size,), "bool")}
+
+  def normalizers(self, batch) -> dict:
+    return {"examples": jnp.asarray(batch["latents"].shape[0], jnp.int32)}
+
+  def loss(self, params, batch, rng, step, normalizers):
+    params = self.effective_params(params)
+    b = batch["latents"].shape[0]
+    semantic = params["codebook"][batch["codes_s2"].reshape(b, -1)]  # [B, K * 81, code_dim]
+    positions = jnp.broadcast_to(jnp.asarray(self.positions), (b, *self.positions.shape))
+    per_example, dropped = common.flow_loss_per_example(
+        rng, self.dit_config, params["dit"], batch, semantic, positions, text_drop=self.text_drop(step),
+        i2v_prob=float(self.config.i2v_prob), sampling=self.sampling)
+    n = normalizers["examples"].astype(jnp.float32)
+    loss = jnp.sum(per_example) / n
+    return loss, {"flow_loss": loss, "text_dropped": jnp.sum(dropped) / n}
+
+  def model_flops(self, batch_size: int) -> float:
+    s = self.shapes
+    pt, ph, pw = self.dit_config.patch_size
+    tokens = (s.latent_shape[0] // pt) * (s.latent_shape[1] // ph) * (s.latent_shape[2] // pw)
+    abstract = jax.eval_shape(lambda: self.init_params(jax.random.key(0)))["dit"]
+    mask = self.trainable({"dit": abstract, "codebook": None})["dit"]
+    n = sum(x.size for x in jax.tree.leaves(abstract))
+    n_train = sum(x.size for x, m in zip(jax.tree.leaves(abstract), jax.tree.leaves(mask)) if m)
+    return common.dit_flops(self.dit_config, n, n_train, batch_size, tokens, s.text_shape[0],
+                            s.num_keyframes * CODES_PER_KEYFRAME)
+
+  def export(self, params, directory) -> None:
+    params = jax.tree.map(np.asarray, self.effective_params(params)["dit"])
+    dit_api.save_diffusers(self.dit_config, params, os.path.join(directory, "dit_diffusers"), overwrite=True)

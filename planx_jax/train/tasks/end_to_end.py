@@ -1,0 +1,117 @@
+"""Plan-X stage: end-to-end. The planner's final hidden states at its planned code tokens feed the DiT's
+semantic branch; loss = flow_weight * flow (1.0) + ce_weight * planner CE (0.1), and both models train.
+Not the data pipeline (rows hold one conversation with `semantic_index` pointing at its planned codes)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from planx_jax import dit as dit_api
+from planx_jax import planner as planner_api
+from planx_jax.models.dit_semantic import semantic_branch_labels
+from planx_jax.train.tasks import common
+from planx_jax.train.tasks.base import Task
+from planx_jax.train.tasks.dit_stage1 import (CODES_PER_KEYFRAME, build_dit_config, init_dit_with_branch, load_dit,
+                                              timestep_sampling)
+from planx_jax.train.tasks.planner_sft import build_planner_config, load_planner
+
+DIT_TRAINABLE = ("all", "semantic_branch")
+
+
+class EndToEnd(Task):
+  stage = "end_to_end"
+  models = ("planner", "dit")
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.planner_config = build_planner_config(config)
+    self.dit_config = build_dit_config(config, self.planner_config.hidden_size)
+    self.seq_len = int(config.data.seq_len)
+    self.shapes = config.data.shapes
+    self.sampling = timestep_sampling(config)
+    if config.dit_trainable not in DIT_TRAINABLE:
+      raise ValueError(f"dit_trainable must be one of {DIT_TRAINABLE}, got {config.dit_trainable!r}")
+    k = int(self.shapes.num_keyframes)
+    if k < 2:
+      raise ValueError(f"end_to_end needs at least 2 keyframes (the first is given, the rest planned), got {k}")
+    self.num_semantic = (k - 1) * CODES_PER_KEYFRAME
+    self.positions = common.keyframe_positions(self.dit_config, tuple(self.shapes.latent_shape), list(range(1, k)),
+                                               float(config.video_fps))  # [(K - 1) * 81, 3]
+
+  def init_params(self, rng) -> dict:
+    k_planner, k_dit = jax.random.split(rng)
+    return {"planner": planner_api.init_params(self.planner_config, k_planner),
+            "dit": init_dit_with_branch(self.dit_config, k_dit)}
+
+  def param_logical_axes(self) -> dict:
+    return {"planner": planner_api.param_logical_axes(self.planner_config),
+            "dit": dit_api.param_logical_axes(self.dit_config)}
+
+  def pretrained_params(self) -> dict:
+    out = {}
+    planner = load_planner(self.config, self.planner_config)
+    if planner:
+      out["planner"] = planner
+    dit = load_dit(self.config, self.dit_config)
+    if dit:
+      out["dit"] = dit
+    return out
+
+  def trainable(self, params):
+    dit = jax.tree.map(lambda _: True, params["dit"])
+    if self.config.dit_trainable == "semantic_branch":
+      dit = jax.tree.map(lambda label: label == "trainable", semantic_branch_labels(params["dit"]))
+    return {"planner": jax.tree.map(lambda _: True, params["planner"]), "dit": dit}
+
+  def always_trainable(self, params):
+    return {"planner": jax.tree.map(lambda _: False, params["planner"]),
+            "dit": jax.tree.map(lambda label: label == "trainable", semantic_branch_labels(params["dit"]))}
+
+  def batch_spec(self, batch_size: int) -> dict:
+    s, shape = self.shapes, (batch_size, self.seq_len)
+    return {"token_ids": (shape, "int32"), "positions": (shape, "int32"), "segment_ids": (shape, "int32"),
+            "loss_mask": (shape, "bool"), "first_frame_mask": (shape, "bool"), "first_frame_given": (shape, "bool"),
+            "latents": ((batch_size, *s.latent_shape), "float32"), "text_emb": ((batch_size, *s.text_shape), "float32"),
+            "has_first_frame": ((batch_size,), "bool"),
+            "semantic_index": ((batch_size, self.num_semantic), "int32"),
+            "semantic_mask": ((batch_size, self.num_semantic), "bool")}
+
+  def normalizers(self, batch) -> dict:
+    return {"tokens": common.num_target_tokens(batch),
+            "examples": jnp.asarray(batch["latents"].shape[0], jnp.int32)}
+
+  def loss(self, params, batch, rng, step, normalizers):
+    params = self.effective_params(params)
+    k_zero, k_flow = jax.random.split(rng)
+    b = batch["latents"].shape[0]
+    zero = common.first_frame_zero_mask(k_zero, batch, float(self.config.first_frame_drop))
+    hidden = common.planner_hidden(self.planner_config, params["planner"], batch, zero)  # [B, L, H]
+    nll = common.planner_nll_sum(self.planner_config, params["planner"], hidden, batch, int(self.config.ce_chunk))
+    ce = nll / jnp.maximum(normalizers["tokens"], 1).astype(jnp.float32)
+    semantic = jnp.take_along_axis(hidden, batch["semantic_index"][..., None], axis=1)  # [B, S, H]
+    positions = jnp.broadcast_to(jnp.asarray(self.positions), (b, *self.positions.shape))
+    per_example, _ = common.flow_loss_per_example(
+        k_flow, self.dit_config, params["dit"], batch, semantic, positions, batch["semantic_mask"],
+        text_drop=float(self.config.text_drop), i2v_prob=float(self.config.i2v_prob), sampling=self.sampling)
+    flow = jnp.sum(per_example) / normalizers["examples"].astype(jnp.float32)
+    loss = float(self.config.flow_weight) * flow + float(self.config.ce_weight) * ce
+    return loss, {"flow_loss": flow, "ce_loss": ce}
+
+  def model_flops(self, batch_size: int) -> float:
+    s = self.shapes
+    pt, ph, pw = self.dit_config.patch_size
+    tokens = (s.latent_shape[0] // pt) * (s.latent_shape[1] // ph) * (s.latent_shape[2] // pw)
+    n_dit = dit_api.param_count(self.dit_config)
+    n_dit_train = n_dit if self.config.dit_trainable == "all" else 0
+    return (common.planner_flops(self.planner_config, planner_api.param_count(self.planner_config), batch_size,
+                                 self.seq_len, True)
+            + common.dit_flops(self.dit_config, n_dit, n_dit_train, batch_size, tokens, s.text_shape[0],
+                               self.num_semantic))
+
+  def export(self, params, directory) -> None:
+    params = jax.tree.map(np.asarray, self.effective_params(params))
+    planner_api.save_hf(self.planner_config, params["planner"], os.path.join(directory, "planner_hf"),
+                        overwrite=True)
+    dit_api.save_diffusers(self.dit_config, params["dit"], os.path.join(directory, "dit_diffusers"), overwrite=True)
