@@ -4,7 +4,6 @@ HLO, loop-corrected FLOPs, the roofline arithmetic, out-of-HBM verdicts, layout 
 Small functions on v5e:2x2 (four chips); nothing runs and nothing large is allocated.
 """
 
-import argparse
 import json
 import math
 import os
@@ -18,6 +17,7 @@ import pytest  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
+from planx_jax.cli import main  # noqa: E402
 from planx_jax.commands import compile as compile_command  # noqa: E402
 from planx_jax.parallel import compile_report as cr  # noqa: E402
 from planx_jax.parallel.hlo_stats import hlo_stats  # noqa: E402
@@ -112,10 +112,10 @@ def test_scanned_layers_count_every_iteration(mesh):
   assert sum(c.operand_bytes for c in sums) == layers * (rows // 2) * width * F32
 
 
-# A hand-written per-device module: a 5-trip loop (counter from 2 while 7 > i) whose body all-reduces a dot over
-# pairs; an async all-gather repeated in its start and done fusions; an all-reduce of a zero-padded shard over all
-# 4 devices; a collective-permute. START / LATER: TPU's async-collective-fusion configs of the start and the later
-# fusions of one collective.
+# A hand-written per-device module: a 5-trip loop (counter 2, 4, ..., 10 while 11 > i) whose body all-reduces a
+# dot over pairs; an async all-gather repeated in its start and done fusions; an all-reduce of a zero-padded shard
+# over all 4 devices; a collective-permute. START / LATER: TPU's async-collective-fusion configs of the start and
+# the later fusions of one collective.
 SYNTHETIC_HLO = """HloModule synthetic, is_scheduled=true
 
 %add (x: f32[], y: f32[]) -> f32[] {
@@ -126,7 +126,7 @@ SYNTHETIC_HLO = """HloModule synthetic, is_scheduled=true
 
 %cond (p: (s32[], f32[8,128])) -> pred[] {
   %p = (s32[], f32[8,128]{1,0}) parameter(0)
-  %limit = s32[] constant(7)
+  %limit = s32[] constant(11)
   %i = s32[] get-tuple-element(%p), index=0
   ROOT %gt = pred[] compare(%limit, %i), direction=GT
 }
@@ -139,8 +139,8 @@ SYNTHETIC_HLO = """HloModule synthetic, is_scheduled=true
   %w = f32[128,128]{1,0} broadcast(%zf), dimensions={}
   %dot = f32[8,128]{1,0} dot(%h, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
   %ar = f32[8,128]{1,0} all-reduce(%dot), replica_groups={{0,1},{2,3}}, to_apply=%add, metadata={op_name="jit(f)/dot"}
-  %one = s32[] constant(1)
-  %next = s32[] add(%i.1, %one)
+  %two = s32[] constant(2)
+  %next = s32[] add(%i.1, %two)
   ROOT %t = (s32[], f32[8,128]{1,0}) tuple(%next, %ar)
 }
 
@@ -255,19 +255,11 @@ def test_sweep_goes_on_past_a_failing_layout(devices):
     cr.parse_layouts("data:4")
 
 
-def _run_compile(argv):
-  parser = argparse.ArgumentParser()
-  compile_command.add_parser(parser.add_subparsers())
-  args, extra = parser.parse_known_args(argv)
-  args.config_overrides = extra
-  return compile_command.run(args)
-
-
 def test_compile_command_on_the_tiny_planner_experiment(tmp_path, capsys):
   out = tmp_path / "report.json"
   # Tiny heads (16 wide) are below the Pallas kernel's 128 lanes: the override keeps XLA attention.
-  assert _run_compile(["compile", "--config", "configs/planner_sft.py:tiny", "--topology", "v5e:2x2",
-                       "--json", str(out), "--config.planner.overrides.attention_impl=xla"]) == 0
+  assert main(["compile", "--config", "configs/planner_sft.py:tiny", "--topology", "v5e:2x2", "--json", str(out),
+               "--config.planner.overrides.attention_impl=xla"]) == 0
   printed = capsys.readouterr().out
   assert "4 x TPU v5e" in printed and "fits" in printed and "MFU" in printed
   result = json.loads(out.read_text())
@@ -287,3 +279,10 @@ def test_compile_command_defaults_attention_to_pallas():
   config = load_config("configs/dit_stage1.py:tiny", ["--config.dit.overrides.attention_impl=xla"])
   assert compile_command.use_pallas_attention(config) == []
   assert config.dit.overrides.attention_impl == "xla"
+
+
+@pytest.mark.parametrize("flags, message", [(["--topology", "v5e:0x2"], "accepted forms"),
+                                            (["--topology", "v5e:2x2", "--sweep", "fsdp:4"], "axis=size")])
+def test_compile_command_rejects_bad_input_before_compiling(flags, message, capsys):
+  assert main(["compile", "--config", "configs/planner_sft.py:tiny", *flags]) == 2
+  assert message in capsys.readouterr().err

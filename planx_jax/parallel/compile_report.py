@@ -32,7 +32,7 @@ class Chip:
 
 
 # Public numbers per chip, from the Google Cloud TPU system-architecture pages (cloud.google.com/tpu/docs/v4, v5e,
-# v5p, v6e): v4 275 TFLOP/s bf16, 32 GiB HBM2 at 1200 GB/s, ICI 6 links x 50 GB/s per direction (TPU v4 paper,
+# v5p, v6e): v4 275 TFLOP/s bf16, 32 GiB HBM2 at 1200 GB/s, ICI 6 links x 400 Gbps per direction (TPU v4 paper,
 # Jouppi et al., ISCA 2023); v5e 197 TFLOP/s, 16 GiB at 819 GB/s, ICI 1600 Gbps; v5p 459 TFLOP/s, 95 GiB at
 # 2765 GB/s, ICI 4800 Gbps (1200 GB/s both directions); v6e 918 TFLOP/s, 32 GiB at 1640 GB/s, ICI 3584 Gbps.
 CHIPS = {
@@ -44,7 +44,8 @@ CHIPS = {
 DEVICE_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e", "TPU v5": "v5p", "TPU v5p": "v5p",
                 "TPU v6 lite": "v6e", "TPU v6e": "v6e"}
 TOPOLOGY_FORMS = ("v5e:AxB or v6e:AxB (2D torus, e.g. v5e:2x2, v5e:16x16, v6e:4x4), v4:AxBxC or v5p:AxBxC "
-                  "(3D, e.g. v5p:2x2x1, v5p:4x4x4); chips in a multiple of the 4-chip host block, at most 16384")
+                  "(3D, e.g. v5p:2x2x1, v5p:4x4x4); the shape must tile libtpu's 2x2-chip hosts (1x1 also works), "
+                  "at most 16384 chips")
 _TOPOLOGY = re.compile(r"(v4|v5e|v5p|v6e):(\d+)x(\d+)(?:x(\d+))?")
 MAX_CHIPS = 16384
 

@@ -194,39 +194,133 @@ def _literal(instruction: Instruction | None) -> int | None:
   return int(instruction.args) if re.fullmatch(r"\s*-?\d+\s*", instruction.args) else None
 
 
-def _trip_count(loop: Instruction, computations, table: dict[str, Instruction]) -> int | None:
-  """Iterations of a while loop: XLA's known_trip_count, else `counter <op> constant` in its condition with the
-  counter's start read from the loop's init tuple (0 when that is not a constant)."""
-  known = re.search(r'"known_trip_count":\{"n":"(\d+)"', loop.attrs)
-  if known:
-    return int(known.group(1))
+def _scalar(name: str, computations, table: dict[str, Instruction]) -> Instruction | None:
+  """The instruction that computes `name`: itself, or a fusion's root (see `_resolve` for its operands)."""
+  op = table.get(name)
+  if op is None or op.opcode != "fusion":
+    return op
+  called = re.search(r"calls=%([^\s,]+)", op.attrs)
+  return _root(computations.get(called.group(1), [])) if called else None
+
+
+def _resolve(name: str, fusion: Instruction | None, table: dict[str, Instruction]) -> Instruction | None:
+  """An operand of a fused instruction: a fused parameter stands for the fusion's operand."""
+  op = table.get(name)
+  if op is not None and op.opcode == "parameter" and fusion is not None and fusion.opcode == "fusion":
+    return table.get(fusion.operands[int(op.args)])
+  return op
+
+
+def _counter_compare(loop: Instruction, computations, table) -> tuple[str, int, int] | None:
+  """(direction, tuple index of the counter, limit) of a loop condition `counter <op> constant`."""
   condition = re.search(r"condition=%([^\s,]+)", loop.attrs)
-  body = computations.get(condition.group(1), []) if condition else []
-  local, params = {i.name: i for i in body}, {}
-  compare = _root(body)
-  if compare is not None and compare.opcode == "fusion":  # the compare fused with its constant
-    fused = computations.get(re.search(r"calls=%([^\s,]+)", compare.attrs).group(1), [])
-    local.update({i.name: i for i in fused})
-    params = {i.name: compare.operands[int(i.args)] for i in fused if i.opcode == "parameter"}
-    compare = _root(fused)
+  root = _root(computations.get(condition.group(1), [])) if condition else None
+  compare = _scalar(root.name, computations, table) if root is not None else None
   direction = re.search(r"direction=(\w+)", compare.attrs) if compare is not None else None
   if direction is None or compare.opcode != "compare" or len(compare.operands) != 2:
     return None
-  values = [local.get(params.get(name, name)) for name in compare.operands]
+  values = [_resolve(name, root, table) for name in compare.operands]
   limits = [_literal(v) for v in values]
   if (limits[0] is None) == (limits[1] is None):
     return None
   op, counter, limit = direction.group(1), values[0], limits[1]
   if limit is None:  # constant on the left: flip the comparison
     op, counter, limit = {"LT": "GT", "GT": "LT", "LE": "GE", "GE": "LE"}.get(op, op), values[1], limits[0]
-  start = 0
   index = re.search(r"index=(\d+)", counter.attrs) if counter is not None else None
+  if not index or counter.opcode != "get-tuple-element":
+    return None
+  return op, int(index.group(1)), limit
+
+
+def _counter_step(loop: Instruction, index: int, computations, table) -> int | None:
+  """The constant the loop body adds to its counter (tuple element `index`) per iteration."""
+  body = re.search(r"body=%([^\s,]+)", loop.attrs)
+  root = _root(computations.get(body.group(1), [])) if body else None
+  if root is None or root.opcode != "tuple" or index >= len(root.operands):
+    return None
+  outer = table.get(root.operands[index])
+  update = _scalar(root.operands[index], computations, table)
+  if update is None or update.opcode not in ("add", "subtract"):
+    return None
+  steps = [_literal(_resolve(name, outer, table)) for name in update.operands]
+  step = steps[1] if steps[1] is not None else (steps[0] if update.opcode == "add" else None)
+  return None if step is None else (-step if update.opcode == "subtract" else step)
+
+
+def _trip_count(loop: Instruction, computations, table: dict[str, Instruction]) -> int | None:
+  """Iterations of a while loop: XLA's known_trip_count, else `counter <op> constant` in its condition, the
+  counter's start from the loop's init tuple (0 when not a constant) and its step from the body's update."""
+  known = re.search(r'"known_trip_count":\{"n":"(\d+)"', loop.attrs)
+  if known:
+    return int(known.group(1))
+  compare = _counter_compare(loop, computations, table)
+  if compare is None:
+    return None
+  op, index, limit = compare
+  step = _counter_step(loop, index, computations, table)
+  if not step:
+    return None
   init = table.get(loop.operands[0]) if loop.operands else None
-  if index and counter.opcode == "get-tuple-element" and init is not None and init.opcode == "tuple":
-    start = _literal(table.get(init.operands[int(index.group(1))])) or 0
-  trips = {"LT": limit - start, "LE": limit - start + 1, "GT": start - limit, "GE": start - limit + 1,
-           "NE": abs(limit - start)}.get(op)
-  return None if trips is None else max(trips, 0)
+  start = 0
+  if init is not None and init.opcode == "tuple" and index < len(init.operands):
+    start = _literal(table.get(init.operands[index])) or 0
+  if op in ("LT", "LE"):
+    span, direction = limit - start + (op == "LE"), 1
+  elif op in ("GT", "GE"):
+    span, direction = start - limit + (op == "GE"), -1
+  elif op == "NE":
+    span, direction = abs(limit - start), 1 if limit >= start else -1
+  else:
+    return None
+  if span <= 0:
+    return 0
+  if step * direction <= 0:  # the counter moves away from the limit
+    return None
+  return -(-span // abs(step))
+
+
+def _window(attrs: str, rank: int) -> list[tuple[int, int, int, int, int, int]]:
+  """Per spatial dim of a convolution: (size, stride, pad low, pad high, lhs dilation, rhs dilation)."""
+  found = re.search(r"window=\{([^}]*)\}", attrs)
+  fields = dict(item.split("=", 1) for item in found.group(1).split()) if found else {}
+
+  def ints(key: str) -> list[int]:
+    return [int(v) for v in fields[key].split("x")] if key in fields else [1] * rank
+
+  pads = [tuple(int(v) for v in p.split("_")) for p in fields["pad"].split("x")] if "pad" in fields else [(0, 0)] * rank
+  return [(k, s, lo, hi, ld, rd) for k, s, (lo, hi), ld, rd in zip(ints("size"), ints("stride"), pads,
+                                                                      ints("lhs_dilate"), ints("rhs_dilate"))]
+
+
+def _taps(out: int, size: int, stride: int, low: int, n: int, lhs_dilation: int, rhs_dilation: int) -> int:
+  """(output position, window tap) pairs of one spatial dim that land on an input element (not padding)."""
+  if out * size > 10**7:  # too many to enumerate: every tap counts
+    return out * size
+  count = 0
+  for o in range(out):
+    for k in range(size):
+      pos = o * stride + k * rhs_dilation - low
+      count += pos >= 0 and pos % lhs_dilation == 0 and pos // lhs_dilation < n
+  return count
+
+
+def _convolution_flops(instruction: Instruction, table: dict[str, Instruction]) -> float:
+  """2 x batch x output features x input features x the in-bounds (output, tap) pairs of each spatial dim. XLA:TPU
+  writes batched matmuls as convolutions whose padded windows hit one element per output, so padding matters."""
+  labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", instruction.attrs)
+  lhs, rhs = (_dims(table[name].shape) for name in instruction.operands[:2])
+  out = _dims(instruction.shape)
+  if not labels or len(labels.group(1)) != len(lhs) or len(labels.group(3)) != len(out):
+    return 0.0
+  lhs_labels, rhs_labels, out_labels = labels.groups()
+  spatial = sorted(c for c in out_labels if c.isdigit())
+  window = _window(instruction.attrs, len(spatial))
+  macs = math.prod(size for size, c in zip(out, out_labels) if not c.isdigit())  # batch x output features
+  macs *= rhs[rhs_labels.index("i")] if "i" in rhs_labels else 1
+  for d, (size, stride, low, _, lhs_dilation, rhs_dilation) in zip(spatial, window):
+    macs *= _taps(out[out_labels.index(d)], size, stride, low, lhs[lhs_labels.index(d)], lhs_dilation,
+                  rhs_dilation)
+  return 2.0 * macs
 
 
 def _flops(instruction: Instruction, table: dict[str, Instruction]) -> float:
@@ -237,14 +331,11 @@ def _flops(instruction: Instruction, table: dict[str, Instruction]) -> float:
     k = math.prod(lhs[int(i)] for i in contracting.group(1).split(",") if i) if contracting else 1
     return 2.0 * math.prod(_dims(instruction.shape)) * k
   if instruction.opcode == "convolution":
-    labels = re.search(r"dim_labels=\w+_(\w+)->", instruction.attrs)
-    rhs = _dims(table[instruction.operands[1]].shape)
-    # Each output element sums over the kernel's input features ("i") and its window (the digit dims).
-    k = math.prod(rhs[i] for i, c in enumerate(labels.group(1)) if c == "i" or c.isdigit()) if labels else 1
-    return 2.0 * math.prod(_dims(instruction.shape)) * k
+    return _convolution_flops(instruction, table)
   if instruction.opcode == "custom-call":
-    estimate = re.search(r'"cost_estimate":\{"flops":"(\d+)"', instruction.attrs)
-    return float(estimate.group(1)) if estimate else 0.0
+    estimate = re.search(r'"cost_estimate":\{([^}]*)\}', instruction.attrs)
+    flops = re.search(r'"flops":"?(\d+)', estimate.group(1)) if estimate else None
+    return float(flops.group(1)) if flops else 0.0
   return 0.0
 
 
