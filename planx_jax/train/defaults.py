@@ -4,6 +4,7 @@ and change values. A key not in here is an error (`check_keys`). Not a stage's n
 import ml_collections
 
 from planx_jax.config_utils import unknown_key_error
+from planx_jax.plan_tokens import PlanTokens
 
 STAGES = ("planner_sft", "dit_stage1", "end_to_end")
 
@@ -72,3 +73,50 @@ def _compare(config, schema, where: str) -> None:
       if not isinstance(config[key], ml_collections.ConfigDict):
         raise ValueError(f"{where}.{key} must be a group of fields, got {config[key]!r}")
       _compare(config[key], schema[key], f"{where}.{key}")
+
+
+# Embedding rows of a real planner: Qwen2.5's 151665 entries + <im_start> <im_end> <S0..2> + 65536 codes.
+PLAN_X_VOCAB = PlanTokens().vocab_size  # 217206
+
+
+def set_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Tiny models and shapes every stage shares on CPU (tests, the default `planx train`): 2 keyframes, 64 codes,
+  latents [4, 8, 8, 8], text [8, 32], one planner conversation per 1024-token row, 20 steps at lr 1e-3."""
+  for section in ("planner", "dit"):
+    if section in c:
+      c[section].preset = "tiny"
+  c.codebook_size = 64
+  if "dit" in c:
+    c.video_fps = 8.0  # keyframe t' -> latent frame t' on the tiny grid
+  if "planner" in c:
+    c.data.seq_len = 1024
+  c.data.shapes.num_keyframes = 2
+  c.data.shapes.latent_shape = (4, 8, 8, 8)
+  c.data.shapes.text_shape = (8, 32)
+  c.batch_size = 4
+  c.num_steps = 20
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_steps = 2
+  c.checkpoint.every = 10
+  c.log.every = 5
+  if "ce_chunk" in c:
+    c.ce_chunk = 256
+  return c
+
+
+def set_pod_scale(c: ml_collections.ConfigDict, *, num_keyframes: int = 11, video: bool = True
+                  ) -> ml_collections.ConfigDict:
+  """Real-size settings every stage shares: bf16 compute, full remat, TFDS records, FSDP over all devices, the
+  Plan-X vocabulary; `video` sets Wan2.2's 704x1280, 121-frame latents [31, 44, 80, 48] and umT5 [512, 4096]."""
+  c.precision.compute_dtype = "bfloat16"
+  c.remat = "full"
+  c.data.source = "tfds"
+  c.data.shapes.num_keyframes = num_keyframes  # 5 s at 2 FPS + the first frame
+  if video:
+    c.data.shapes.latent_shape = (31, 44, 80, 48)
+    c.data.shapes.text_shape = (512, 4096)
+  if "planner" in c:
+    c.planner.overrides.vocab_size = PLAN_X_VOCAB
+  c.mesh.data = 1
+  c.mesh.fsdp = -1
+  return c

@@ -14,7 +14,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from planx_jax import parallel
 from planx_jax.data.pipeline import make_iterator
-from planx_jax.data.records import RecordShapes
 from planx_jax.data.synthetic import SyntheticSource
 from planx_jax.data.tfds_builder import load_dataset
 from planx_jax.train import defaults
@@ -162,16 +161,11 @@ class Experiment:
       out[name] = jax.make_array_from_process_local_data(self.batch_shardings[name], local, spec.shape)
     return out
 
-  def record_shapes(self) -> RecordShapes:
-    s = self.config.data.shapes
-    return RecordShapes(num_keyframes=int(s.num_keyframes), latent_shape=tuple(s.latent_shape),
-                        text_shape=tuple(s.text_shape))
-
   def data_source(self):
     """The training records: the synthetic source (tests, tiny runs) or a built TFDS directory."""
     data = self.config.data
     if data.source == "synthetic":
-      return SyntheticSource(self.record_shapes(), int(self.config.codebook_size), int(data.num_records),
+      return SyntheticSource(self.task.record_shapes(), int(self.config.codebook_size), int(data.num_records),
                              seed=int(data.shuffle_seed))
     if data.source == "tfds":
       if not data.tfds_dir:
@@ -190,7 +184,7 @@ class Experiment:
       kwargs = dict(seq_len=int(self.config.data.seq_len), tokenizer=tokenizer, plan_tokens=plan_tokens)
     return make_iterator(
         self.data_source(), stage=self.stage, batch_size=int(self.config.batch_size),
-        seed=int(self.config.data.shuffle_seed), shapes=self.record_shapes(),
+        seed=int(self.config.data.shuffle_seed), shapes=self.task.record_shapes(),
         codebook_size=int(self.config.codebook_size),
         process_index=jax.process_index() if process_index is None else process_index,
         process_count=jax.process_count() if process_count is None else process_count, **kwargs)

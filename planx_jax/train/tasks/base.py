@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from planx_jax.data import pipeline
+from planx_jax.data.records import RecordShapes
 from planx_jax.train import lora as lora_lib
 
 
@@ -16,7 +18,7 @@ class Task:
 
   `init_params(rng)` (jittable random init of the stage's param tree), `param_logical_axes()`,
   `pretrained_params()` (host arrays of subtrees loaded from checkpoints, {} for none), `trainable(params)`
-  (bool tree), `batch_spec(batch_size)` ({name: (shape, dtype)}), `normalizers(batch)`,
+  (bool tree), `normalizers(batch)`,
   `loss(params, batch, rng, step, normalizers)` -> (loss, metrics) summing to the full-batch values over
   microbatches, `model_flops(batch_size)`, `export(params, directory)`.
   """
@@ -75,6 +77,16 @@ class Task:
     return jax.tree.map(lambda _: False, params)
 
   # --- batches --------------------------------------------------------------------------------------------
+  def record_shapes(self) -> RecordShapes:
+    s = self.config.data.shapes
+    return RecordShapes(num_keyframes=int(s.num_keyframes), latent_shape=tuple(s.latent_shape),
+                        text_shape=tuple(s.text_shape))
+
+  def batch_spec(self, batch_size: int) -> dict:
+    """{name: (shape, dtype)} of the global batch: the schema the data pipeline produces."""
+    seq_len = None if self.stage == "dit_stage1" else int(self.config.data.seq_len)
+    return pipeline.batch_spec(self.stage, batch_size, seq_len, self.record_shapes())
+
   def abstract_batch(self, batch_size: int) -> dict:
     return {k: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)) for k, (shape, dtype) in
             self.batch_spec(batch_size).items()}

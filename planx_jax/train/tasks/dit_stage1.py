@@ -11,13 +11,14 @@ import numpy as np
 
 from planx_jax import dit as dit_api
 from planx_jax import tatok as tatok_api
+from planx_jax.data.conversation import PLAN_FRAME_CODES
 from planx_jax.losses import flow as flow_lib
 from planx_jax.models.dit_config import DiTConfig
 from planx_jax.models.dit_semantic import SEMANTIC_COPIES, add_semantic_branch, semantic_branch_labels
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
 
-CODES_PER_KEYFRAME = 81
+CODES_PER_KEYFRAME = PLAN_FRAME_CODES  # 9 x 9 TA-Tok scale-2 codes
 
 
 def build_dit_config(config, semantic_in_dim: int) -> DiTConfig:
@@ -113,12 +114,6 @@ class DiTStage1(Task):
   def text_drop(self, step) -> jax.Array:
     return flow_lib.text_drop_prob(step, float(self.config.text_drop.start), float(self.config.text_drop.end),
                                    ramp_steps=int(self.config.text_drop.ramp_steps))
-
-  def batch_spec(self, batch_size: int) -> dict:
-    s = self.shapes
-    return {"latents": ((batch_size, *s.latent_shape), "float32"), "text_emb": ((batch_size, *s.text_shape), "float32"),
-            "codes_s2": ((batch_size, s.num_keyframes, CODES_PER_KEYFRAME), "int32"),
-            "has_first_frame": ((batch_size,), "bool")}
 
   def normalizers(self, batch) -> dict:
     return {"examples": jnp.asarray(batch["latents"].shape[0], jnp.int32)}

@@ -69,15 +69,6 @@ class EndToEnd(Task):
     return {"planner": jax.tree.map(lambda _: False, params["planner"]),
             "dit": jax.tree.map(lambda label: label == "trainable", semantic_branch_labels(params["dit"]))}
 
-  def batch_spec(self, batch_size: int) -> dict:
-    s, shape = self.shapes, (batch_size, self.seq_len)
-    return {"token_ids": (shape, "int32"), "positions": (shape, "int32"), "segment_ids": (shape, "int32"),
-            "loss_mask": (shape, "bool"), "first_frame_mask": (shape, "bool"), "first_frame_given": (shape, "bool"),
-            "latents": ((batch_size, *s.latent_shape), "float32"), "text_emb": ((batch_size, *s.text_shape), "float32"),
-            "has_first_frame": ((batch_size,), "bool"),
-            "semantic_index": ((batch_size, self.num_semantic), "int32"),
-            "semantic_mask": ((batch_size, self.num_semantic), "bool")}
-
   def normalizers(self, batch) -> dict:
     return {"tokens": common.num_target_tokens(batch),
             "examples": jnp.asarray(batch["latents"].shape[0], jnp.int32)}

@@ -70,11 +70,6 @@ class PlannerSFT(Task):
   def trainable(self, params):
     return jax.tree.map(lambda _: True, params)
 
-  def batch_spec(self, batch_size: int) -> dict:
-    shape = (batch_size, self.seq_len)
-    return {"token_ids": (shape, "int32"), "positions": (shape, "int32"), "segment_ids": (shape, "int32"),
-            "loss_mask": (shape, "bool"), "first_frame_mask": (shape, "bool"), "first_frame_given": (shape, "bool")}
-
   def normalizers(self, batch) -> dict:
     return {"tokens": common.num_target_tokens(batch)}
 
