@@ -9,9 +9,11 @@ import logging
 import sys
 
 from planx_jax.commands import compile as compile_command
-from planx_jax.commands import convert, generate, plan, train
+from planx_jax.commands import convert, demo, generate, plan, train
+from planx_jax.commands import eval as eval_command
 
-SUBCOMMANDS = {"compile": compile_command, "convert": convert, "generate": generate, "plan": plan, "train": train}
+SUBCOMMANDS = {"compile": compile_command, "convert": convert, "demo": demo, "eval": eval_command, "generate": generate,
+               "plan": plan, "train": train}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
   if unknown or (overrides and not getattr(args, "accepts_config_overrides", False)):
     parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
   args.config_overrides = overrides
-  logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+  level = logging.DEBUG if args.verbose else logging.INFO
+  logging.basicConfig(level=level, format="%(message)s")
+  # An imported library may have configured the root logger first (then basicConfig does nothing): the
+  # project's own loggers still report progress at INFO.
+  for name in ("planx", "planx_jax"):
+    logging.getLogger(name).setLevel(level)
   if not args.verbose:
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save INFO lines
   try:

@@ -187,7 +187,7 @@ def test_bad_pipeline_arguments_are_clear_errors(source, tokenizer, plan_tokens)
 
   bad("batch_size=6 is not divisible by process_count=4", batch_size=6, process_count=4)
   bad(r"process_index must be an int in \[0, 2\), got 2", process_index=2, process_count=2)
-  bad("unknown stage 'sft'; stages are planner_sft, dit_stage1, end_to_end", stage="sft")
+  bad("unknown stage 'sft'; stages are planner_sft, dit_sft, dit_stage1, end_to_end", stage="sft")
   bad(r"a planner conversation has 10\d\d tokens, more than seq_len=1000; raise seq_len", seq_len=1000)
   bad(r"a planner conversation has 10\d\d tokens, more than seq_len=1000", stage="end_to_end", seq_len=1000)
   bad("seed must be an int in", seed=-1)

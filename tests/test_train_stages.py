@@ -6,6 +6,8 @@ import jax
 import numpy as np
 import pytest
 
+from planx_jax import dit as dit_api
+from planx_jax.models.dit_semantic import add_semantic_branch
 from planx_jax.train.config_files import apply_override, load_config
 from planx_jax.train.experiment import build_experiment
 
@@ -46,6 +48,20 @@ def test_dit_stage1_overfits_and_trains_only_the_semantic_branch():
   for path, moved in flat:
     names = {getattr(k, "key", None) for k in path}
     assert moved == bool(names & semantic), (jax.tree_util.keystr(path), moved)
+
+
+def test_dit_sft_overfits_and_trains_every_base_param(tmp_path):
+  exp, before, after, metrics = _run("dit_sft", 12)
+  losses = [float(m["loss"]) for m in metrics]
+  assert losses[-1] < losses[0], losses
+  assert exp.task.dit_config.semantic_in_dim is None and "codebook" not in after
+  assert all(jax.tree.leaves(_changed(before, after)))
+  # A DiT with the semantic branch is not a base to fine-tune: an error naming the checkpoint.
+  config, params = add_semantic_branch(exp.task.dit_config, after["dit"], semantic_in_dim=4)
+  dit_api.save_checkpoint(tmp_path / "with_branch", config, params)
+  bad = load_config("configs/dit_sft.py:tiny", OVERFIT + [f"--config.dit.checkpoint={tmp_path / 'with_branch'}"])
+  with pytest.raises(ValueError, match="has a semantic branch"):
+    build_experiment(bad).init_state()
 
 
 def test_end_to_end_overfits_and_updates_both_models():

@@ -185,10 +185,11 @@ def load_diffusers(path: str | os.PathLike, param_dtype="float32", **config_over
   """
   path = Path(path)
   values = read_json_config(path)
-  semantic_in_dim = None
+  semantic = {"semantic_in_dim": None}
   if (path / SEMANTIC_CONFIG_FILE).exists():
-    semantic_in_dim = json.loads((path / SEMANTIC_CONFIG_FILE).read_text())["semantic_in_dim"]
-  config = config_from_diffusers(values, **{"semantic_in_dim": semantic_in_dim, **config_overrides})
+    saved = json.loads((path / SEMANTIC_CONFIG_FILE).read_text())
+    semantic = {"semantic_in_dim": saved["semantic_in_dim"], "semantic_rope": saved.get("semantic_rope", True)}
+  config = config_from_diffusers(values, **{**semantic, **config_overrides})
   reader = SafetensorsReader(path, exclude=(SEMANTIC_FILE,))
   check_tensors(reader, base_table(config), config.num_layers)
   params = read_params(reader, base_table(config), config.num_layers, param_dtype)
@@ -221,6 +222,7 @@ def save_diffusers(config: DiTConfig, params: dict, path: str | os.PathLike, *, 
     if semantic:
       save_file({k: np.ascontiguousarray(v) for k, v in semantic.items()}, str(tmp / SEMANTIC_FILE),
                 metadata={"format": "pt"})
-      (tmp / SEMANTIC_CONFIG_FILE).write_text(json.dumps({"semantic_in_dim": config.semantic_in_dim}) + "\n")
+      (tmp / SEMANTIC_CONFIG_FILE).write_text(json.dumps({"semantic_in_dim": config.semantic_in_dim,
+                                                          "semantic_rope": config.semantic_rope}) + "\n")
 
 

@@ -16,7 +16,8 @@ from planx_jax.data.records import PLAN_FRAME_CODES, RecordShapes, check_codeboo
 from planx_jax.data.tokenizer import check_tokenizer_layout
 from planx_jax.plan_tokens import PlanTokens
 
-STAGES = ("planner_sft", "dit_stage1", "end_to_end")
+STAGES = ("planner_sft", "dit_sft", "dit_stage1", "end_to_end")
+DIT_STAGES = ("dit_sft", "dit_stage1")  # stages whose batches hold DiT inputs only (no planner conversation)
 PLANNER_FIELDS = ("token_ids", "positions", "segment_ids", "loss_mask", "first_frame_mask", "first_frame_given")
 DIT_FIELDS = ("latents", "text_emb", "codes_s2", "has_first_frame")
 _CONVERSATION_FIELDS = ("token_ids", "loss_mask", "first_frame_mask", "first_frame_given")
@@ -38,7 +39,7 @@ def batch_spec(stage: str, batch_size: int, seq_len: int | None, shapes: RecordS
                ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """(shape, dtype) of every field of a stage's global batch [B, ...], without reading data.
 
-  `seq_len` (L) is required by the planner stages and ignored by dit_stage1.
+  `seq_len` (L) is required by the planner stages and ignored by the DiT-only stages.
   """
   _check_stage(stage)
   b = _positive_int("batch_size", batch_size)
@@ -46,7 +47,7 @@ def batch_spec(stage: str, batch_size: int, seq_len: int | None, shapes: RecordS
     raise ValueError(f"shapes must be a RecordShapes, got {type(shapes).__name__}")
   records = shapes.array_specs()
   dit = {name: ((b,) + records[name][0], records[name][1]) for name in DIT_FIELDS}
-  if stage == "dit_stage1":
+  if stage in DIT_STAGES:
     return dit
   length = _positive_int("seq_len", seq_len)
   i32, bool_ = np.dtype(np.int32), np.dtype(np.bool_)
@@ -307,10 +308,10 @@ def make_dataset(
 
   Args:
     source: random-access records (`len`, `[i]`), e.g. `SyntheticSource` or `load_dataset(...)`.
-    stage: "planner_sft" | "dit_stage1" | "end_to_end".
+    stage: "planner_sft" | "dit_sft" | "dit_stage1" | "end_to_end".
     batch_size: global batch B, divisible by process_count.
     seed: shuffle seed in [0, 2**32).
-    seq_len: row length L of the planner stages (ignored by dit_stage1).
+    seq_len: row length L of the planner stages (ignored by the DiT-only stages).
     tokenizer, plan_tokens: the planner's tokenizer and id layout (planner stages).
     shapes, codebook_size: the record schema; default to the source's `.shapes` / `.codebook_size`
       and `plan_tokens.codebook_size`; every record is checked against it.
@@ -337,7 +338,7 @@ def make_dataset(
   if num_records < 1:
     raise ValueError("source has no records")
   shapes, codebook_size = _resolve_schema(source, shapes, codebook_size, plan_tokens)
-  if stage == "dit_stage1":
+  if stage in DIT_STAGES:
     seq_len = None
   else:
     seq_len = _positive_int("seq_len", seq_len)
@@ -358,7 +359,7 @@ def make_dataset(
   records = grain.MapDataset.source(source).map_with_index(checked).shuffle(seed=shuffle_seed).repeat()
   local = _ProcessRowsMapDataset(records, batch_size, int(process_index), process_count)
   read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
-  if stage == "dit_stage1":
+  if stage in DIT_STAGES:
     dit_rows = local.map(lambda record: {name: record[name] for name in DIT_FIELDS})
     batches = dit_rows.batch(rows, drop_remainder=True).to_iter_dataset(read_options)
   elif stage == "end_to_end":

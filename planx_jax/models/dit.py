@@ -17,7 +17,7 @@ from planx_jax.kernels.attention import attention, split_cross_attention
 from planx_jax.models.dit_config import DiTConfig
 from planx_jax.models.dit_semantic import check_semantic_inputs
 from planx_jax.models.layers import Einsum, RMSNorm, dtype_of, maybe_remat
-from planx_jax.models.rope import rope3d_tables, video_rope_tables
+from planx_jax.models.rope import identity_rope, rope3d_tables, video_rope_tables
 from planx_jax.parallel.rules import constrain
 
 
@@ -101,7 +101,8 @@ class Attention(nn.Module):
     else:
       k_sem = norm(proj("k_sem")(semantic), "norm_k_sem")  # [B, S_sem, N, Dh], not yet rotated
       v_sem = proj("v_sem")(semantic)  # [B, S_sem, N, Dh]
-      out = split_cross_attention(q, k, v, k_sem, v_sem, q_rope=video_rope, k_sem_rope=semantic_rope,
+      q_rope = video_rope if cfg.semantic_rope else identity_rope(video_rope)
+      out = split_cross_attention(q, k, v, k_sem, v_sem, q_rope=q_rope, k_sem_rope=semantic_rope,
                                   rope_style="interleaved", sem_mask=semantic_mask, impl=cfg.attention_impl)
     b, l = out.shape[:2]
     return Einsum("blf,fd->bld", (n, d, dim), ("heads", "head_dim", "embed"), (dim,), ("embed",), dtype=dtype,
@@ -214,6 +215,8 @@ class DiT(nn.Module):
     if semantic is not None:
       semantic = MLP2(cfg.dim, "gelu_tanh", dtype, pdtype, name="semantic_embedding")(semantic.astype(dtype))
       semantic_rope = rope3d_tables(semantic_positions, cfg.head_dim, cfg.rope_theta)  # [B, S, Dh/2]
+      if not cfg.semantic_rope:
+        semantic_rope = identity_rope(semantic_rope)
     elif cfg.semantic_in_dim is not None and self.is_initializing():
       raise ValueError("initialise a DiT with a semantic branch by passing semantic tokens to init")
 

@@ -17,7 +17,9 @@ class DiTConfig(ConfigMixin):
 
   `semantic_in_dim` is the width of the semantic embeddings the Plan-X branch
   consumes (TA-Tok code width in stage 1, the planner width end to end); None means
-  no semantic branch (the base Wan model). `dtype` is the compute dtype; norms,
+  no semantic branch (the base Wan model). `semantic_rope` False drops the 3D RoPE of the semantic segment
+  (neither its keys nor the video queries that score them are rotated, as for text): Plan-X Table 1's
+  "w/o 3D RoPE" ablation. `dtype` is the compute dtype; norms,
   modulation, time embedding and RoPE stay fp32. `scan_layers` stacks the blocks
   with `nn.scan` (params under `blocks` with a leading layer axis); `remat` names each block's
   rematerialisation policy in training (`layers.REMAT_POLICIES`).
@@ -37,6 +39,7 @@ class DiTConfig(ConfigMixin):
   rope_theta: float = 10000.0
   rope_max_seq_len: int = 1024
   semantic_in_dim: int | None = None
+  semantic_rope: bool = True
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention_impl: str = "auto"
@@ -59,6 +62,8 @@ class DiTConfig(ConfigMixin):
       raise ValueError(f"freq_dim must be even (cos and sin halves), got {self.freq_dim}")
     if self.head_dim % 2 or self.head_dim < 6:
       raise ValueError(f"head_dim must be even and >= 6 for 3D RoPE, got {self.head_dim}")
+    if not isinstance(self.semantic_rope, bool):
+      raise ValueError(f"semantic_rope must be a bool, got {self.semantic_rope!r}")
     if self.semantic_in_dim is not None and self.semantic_in_dim < 1:
       raise ValueError(f"semantic_in_dim must be positive or None, got {self.semantic_in_dim}")
     dtype_of(self.dtype)

@@ -56,6 +56,12 @@ def rope3d_tables(positions: jax.Array, head_dim: int, theta: float = 10000.0) -
   return jnp.cos(angles), jnp.sin(angles)
 
 
+def identity_rope(tables: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """cos = 1, sin = 0 tables shaped like `tables`: rotating by them changes nothing."""
+  cos, sin = tables
+  return jnp.ones_like(cos), jnp.zeros_like(sin)
+
+
 def grid_positions(grid: tuple[int, int, int]) -> np.ndarray:
   """[F*H*W, 3] integer (f, h, w) positions of a token grid, ordered f, then h, then w."""
   f, h, w = np.meshgrid(*(np.arange(n) for n in grid), indexing="ij")

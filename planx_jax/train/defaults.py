@@ -6,7 +6,7 @@ import ml_collections
 from planx_jax.config_utils import unknown_key_error
 from planx_jax.plan_tokens import PlanTokens
 
-STAGES = ("planner_sft", "dit_stage1", "end_to_end")
+STAGES = ("planner_sft", "dit_sft", "dit_stage1", "end_to_end")
 
 
 def _model(preset: str) -> ml_collections.ConfigDict:
@@ -45,13 +45,15 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
     c.planner.tokenizer = ""  # a tokenizer directory; "" = the tiny test tokenizer
     c.first_frame_drop = 0.5  # Plan-X: first-frame code embeddings zeroed with p = 0.5 (T2V / I2V hybrid)
     c.ce_chunk = 512
-  if stage in ("dit_stage1", "end_to_end"):
+  if stage in ("dit_sft", "dit_stage1", "end_to_end"):
     c.dit = _model("wan2_2_ti2v_5b")
     c.timesteps = ml_collections.ConfigDict({"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 1.0})
     c.i2v_prob = 0.5  # first latent frame given (TI2V) with this probability where the example has one
   if stage == "dit_stage1":
     c.tatok = ml_collections.ConfigDict({"code_dim": 1536, "checkpoint": ""})
     c.text_drop = ml_collections.ConfigDict({"start": 1.0, "end": 0.5, "ramp_steps": 1000})
+  if stage == "dit_sft":
+    c.text_drop = 0.1  # text states replaced by zeros (the CFG negative) with this probability
   if stage == "end_to_end":
     c.flow_weight = 1.0
     c.ce_weight = 0.1

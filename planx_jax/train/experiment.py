@@ -13,7 +13,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from planx_jax import parallel
-from planx_jax.data.pipeline import make_iterator
+from planx_jax.data.pipeline import DIT_STAGES, make_iterator
 from planx_jax.data.synthetic import SyntheticSource
 from planx_jax.data.tfds_builder import load_dataset
 from planx_jax.train import defaults
@@ -176,7 +176,7 @@ class Experiment:
   def data_iterator(self, process_index: int | None = None, process_count: int | None = None):
     """This process's checkpointable iterator of per-process batch rows (see `data.pipeline.make_iterator`)."""
     kwargs = {}
-    if self.stage != "dit_stage1":
+    if self.stage not in DIT_STAGES:
       tokenizer, plan_tokens = planner_tokenizer(self.config)
       if plan_tokens.vocab_size > self.task.planner_config.vocab_size:
         raise ValueError(f"the tokenizer's Plan-X layout needs {plan_tokens.vocab_size} embedding rows, the planner "

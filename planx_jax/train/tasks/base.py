@@ -84,7 +84,7 @@ class Task:
 
   def batch_spec(self, batch_size: int) -> dict:
     """{name: (shape, dtype)} of the global batch: the schema the data pipeline produces."""
-    seq_len = None if self.stage == "dit_stage1" else int(self.config.data.seq_len)
+    seq_len = None if self.stage in pipeline.DIT_STAGES else int(self.config.data.seq_len)
     return pipeline.batch_spec(self.stage, batch_size, seq_len, self.record_shapes())
 
   def abstract_batch(self, batch_size: int) -> dict:
