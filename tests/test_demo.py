@@ -5,6 +5,7 @@ ground-truth row at 1.0. Learning itself, and the `--ablation` variants, are mea
 in test_semantic_rope.py."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -24,9 +25,14 @@ VARIANTS = ("ground_truth", "plan_x")
 
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
-  out = tmp_path_factory.mktemp("demo")
-  assert main(["demo", "--out", str(out), "--no-progress", *OVERRIDES]) == 0
-  return out
+  root = tmp_path_factory.mktemp("demo")
+  cwd = os.getcwd()
+  os.chdir(root)  # a relative --out, as the README's command uses (Orbax itself needs absolute paths)
+  try:
+    assert main(["demo", "--out", "planx_demo", "--no-progress", *OVERRIDES]) == 0
+  finally:
+    os.chdir(cwd)
+  return root / "planx_demo"
 
 
 def test_every_stage_trained_and_handed_over(demo_out):

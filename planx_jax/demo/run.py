@@ -178,7 +178,7 @@ def format_table(table: dict[str, dict[str, float]], num_videos: int) -> str:
 
 def run_demo(out: Path, demo=None, *, ablation: bool = False, progress: bool = True) -> dict:
   demo = demo or demo_configs.demo_config()
-  out = Path(out)
+  out = Path(out).absolute()
   out.mkdir(parents=True, exist_ok=True)
   began = time.time()
   train_episodes = list(world.WorldSource(int(demo.world.seed), "train", int(demo.world.num_train)))

@@ -47,7 +47,7 @@ def train(exp, workdir: str | Path, *, num_steps: int | None = None, progress: b
     raise ValueError(f"config.log.every must be >= 1, got {config.log.every}")
   if config.checkpoint.export_every < 0:
     raise ValueError(f"config.checkpoint.export_every must be >= 0 (0 = never), got {config.checkpoint.export_every}")
-  workdir = Path(workdir)
+  workdir = Path(workdir).absolute()  # Orbax writes to absolute paths only: a relative workdir is the cwd's
   workdir.mkdir(parents=True, exist_ok=True)
   checkpointer = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint.every,
                               keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)

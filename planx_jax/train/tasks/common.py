@@ -2,10 +2,14 @@
 first-frame dropout and cross-entropy, the DiT flow loss with first-frame conditioning and text drop, and model
 FLOP estimates. Not the step (train/step.py) and not the data (data/pipeline.py)."""
 
+import logging
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from planx_jax import dit as dit_api
 from planx_jax.losses import flow as flow_lib
 from planx_jax.losses.lm import chunked_masked_nll, next_token_targets
 from planx_jax.models.dit import DiT
@@ -25,6 +29,29 @@ def model_config(cls, section, compute_dtype: str, remat: str, **extra):
   overrides.setdefault("remat", remat)
   overrides.update(extra)
   return cls.preset(section.preset, **overrides)
+
+
+def read_checkpoint(section: str, path: str, load, expected, fields, adapt=None) -> dict:
+  """Host params of `<section>.checkpoint` checked against the run's model config; {} when no path is set.
+
+  Args:
+    load: path -> (config, params), the model's checkpoint reader.
+    expected: the config the run builds; `fields` must match it.
+    adapt: optional (config, params) -> (config, params) applied before the check (e.g. add a branch).
+  """
+  if not path:
+    return {}
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{section}.checkpoint {path} is not a directory")
+  loaded_config, params = load(path)
+  if adapt is not None:
+    loaded_config, params = adapt(loaded_config, params)
+  for field in fields:
+    if getattr(loaded_config, field) != getattr(expected, field):
+      raise ValueError(f"{section}.checkpoint {path} has {field}={getattr(loaded_config, field)}, the config "
+                       f"{getattr(expected, field)}")
+  logging.info("%s: starting from %s", section, path)
+  return jax.tree.map(np.asarray, params)
 
 
 # --- planner ------------------------------------------------------------------------------------------------
@@ -104,6 +131,19 @@ def flow_loss_per_example(rng, dit_config: DiTConfig, dit_params, batch, semanti
   per_frame = jnp.sum(error, axis=(2, 3, 4)) * frame_mask  # [B, F]
   count = jnp.sum(frame_mask, axis=1) * np.prod(x0.shape[2:])  # [B]
   return jnp.sum(per_frame, axis=1) / jnp.maximum(count, 1.0), dropped
+
+
+def mean_flow_loss(per_example, dropped, normalizers) -> tuple[jax.Array, dict]:
+  """Whole-batch mean of the per-example flow losses and the text-drop rate (sums over microbatches)."""
+  n = normalizers["examples"].astype(jnp.float32)
+  loss = jnp.sum(per_example) / n
+  return loss, {"flow_loss": loss, "text_dropped": jnp.sum(dropped) / n}
+
+
+def export_dit(dit_config: DiTConfig, params, directory) -> None:
+  """The DiT as a diffusers directory `dit_diffusers/` (with semantic_branch.* when it has the branch)."""
+  dit_api.save_diffusers(dit_config, jax.tree.map(np.asarray, params), os.path.join(directory, "dit_diffusers"),
+                         overwrite=True)
 
 
 # --- FLOP estimates -----------------------------------------------------------------------------------------

@@ -2,36 +2,26 @@
 (and, TI2V, the first frame) alone: the backbone the semantic branch is added to, and Plan-X Table 1's
 "Wan 2.2 + SFT" baseline. Not the data pipeline."""
 
-import logging
-import os
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from planx_jax import dit as dit_api
 from planx_jax.models.dit_config import DiTConfig
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
-from planx_jax.train.tasks.dit_stage1 import timestep_sampling
+from planx_jax.train.tasks.dit_stage1 import DIT_CHECKED_FIELDS, load_dit_checkpoint, timestep_sampling
 
 
 def load_base_dit(config, dit_config: DiTConfig) -> dict:
   """Host params from `dit.checkpoint`, which must be a base DiT (no semantic branch) of the configured shape."""
-  path = config.dit.checkpoint
-  if not path:
-    return {}
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"dit.checkpoint {path} is not a directory")
-  loaded_config, params, _ = dit_api.load_checkpoint(path, scan_layers=dit_config.scan_layers)
-  if loaded_config.semantic_in_dim is not None:
-    raise ValueError(f"dit.checkpoint {path} has a semantic branch; dit_sft trains the base DiT without one")
-  for field in ("dim", "num_layers", "in_channels", "text_dim", "ffn_dim", "patch_size"):
-    if getattr(loaded_config, field) != getattr(dit_config, field):
-      raise ValueError(f"dit.checkpoint {path} has {field}={getattr(loaded_config, field)}, the config "
-                       f"{getattr(dit_config, field)}")
-  logging.info("dit: starting from %s", path)
-  return jax.tree.map(np.asarray, params)
+  def no_branch(loaded_config, params):
+    if loaded_config.semantic_in_dim is not None:
+      raise ValueError(f"dit.checkpoint {config.dit.checkpoint} has a semantic branch; dit_sft trains the base DiT "
+                       "without one")
+    return loaded_config, params
+
+  return common.read_checkpoint("dit", config.dit.checkpoint, lambda p: load_dit_checkpoint(p, dit_config),
+                                dit_config, DIT_CHECKED_FIELDS, adapt=no_branch)
 
 
 class DiTSFT(Task):
@@ -67,9 +57,7 @@ class DiTSFT(Task):
     per_example, dropped = common.flow_loss_per_example(
         rng, self.dit_config, params["dit"], batch, None, None, text_drop=float(self.config.text_drop),
         i2v_prob=float(self.config.i2v_prob), sampling=self.sampling)
-    n = normalizers["examples"].astype(jnp.float32)
-    loss = jnp.sum(per_example) / n
-    return loss, {"flow_loss": loss, "text_dropped": jnp.sum(dropped) / n}
+    return common.mean_flow_loss(per_example, dropped, normalizers)
 
   def model_flops(self, batch_size: int) -> float:
     s = self.shapes
@@ -80,5 +68,4 @@ class DiTSFT(Task):
                             s.text_shape[0], 0)
 
   def export(self, params, directory) -> None:
-    params = jax.tree.map(np.asarray, self.effective_params(params)["dit"])
-    dit_api.save_diffusers(self.dit_config, params, os.path.join(directory, "dit_diffusers"), overwrite=True)
+    common.export_dit(self.dit_config, self.effective_params(params)["dit"], directory)

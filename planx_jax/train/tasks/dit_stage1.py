@@ -3,7 +3,6 @@ norm_k_sem) trains on rectified flow, with TA-Tok codebook vectors of the keyfra
 the text dropped with probability 1.0 -> 0.5 (DESIGN.md decision 6). Not the data pipeline."""
 
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +18,8 @@ from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
 
 CODES_PER_KEYFRAME = PLAN_FRAME_CODES  # 9 x 9 TA-Tok scale-2 codes
+# DiT config fields a checkpoint must share with the run (semantic_in_dim is checked after adding a branch).
+DIT_CHECKED_FIELDS = ("dim", "num_layers", "in_channels", "text_dim", "ffn_dim", "patch_size", "semantic_in_dim")
 
 
 def build_dit_config(config, semantic_in_dim: int) -> DiTConfig:
@@ -40,23 +41,18 @@ def init_dit_with_branch(dit_config: DiTConfig, rng) -> dict:
 
 def load_dit(config, dit_config: DiTConfig) -> dict:
   """Host params from `dit.checkpoint` (a planx DiT checkpoint, with or without the semantic branch)."""
-  path = config.dit.checkpoint
-  if not path:
-    return {}
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"dit.checkpoint {path} is not a directory")
+  def with_branch(loaded_config, params):
+    if loaded_config.semantic_in_dim is None:
+      loaded_config, params = add_semantic_branch(loaded_config, params, dit_config.semantic_in_dim)
+    return loaded_config, params
+
+  return common.read_checkpoint("dit", config.dit.checkpoint, lambda p: load_dit_checkpoint(p, dit_config),
+                                dit_config, DIT_CHECKED_FIELDS, adapt=with_branch)
+
+
+def load_dit_checkpoint(path, dit_config: DiTConfig):
   loaded_config, params, _ = dit_api.load_checkpoint(path, scan_layers=dit_config.scan_layers)
-  if loaded_config.semantic_in_dim is None:
-    loaded_config, params = add_semantic_branch(loaded_config, params, dit_config.semantic_in_dim)
-  if loaded_config.semantic_in_dim != dit_config.semantic_in_dim:
-    raise ValueError(f"dit.checkpoint {path} has semantic_in_dim={loaded_config.semantic_in_dim}, the run needs "
-                     f"{dit_config.semantic_in_dim}")
-  for field in ("dim", "num_layers", "in_channels", "text_dim", "ffn_dim"):
-    if getattr(loaded_config, field) != getattr(dit_config, field):
-      raise ValueError(f"dit.checkpoint {path} has {field}={getattr(loaded_config, field)}, the config "
-                       f"{getattr(dit_config, field)}")
-  logging.info("dit: starting from %s", path)
-  return jax.tree.map(np.asarray, params)
+  return loaded_config, params
 
 
 def timestep_sampling(config) -> flow_lib.TimestepSampling:
@@ -126,9 +122,7 @@ class DiTStage1(Task):
     per_example, dropped = common.flow_loss_per_example(
         rng, self.dit_config, params["dit"], batch, semantic, positions, text_drop=self.text_drop(step),
         i2v_prob=float(self.config.i2v_prob), sampling=self.sampling)
-    n = normalizers["examples"].astype(jnp.float32)
-    loss = jnp.sum(per_example) / n
-    return loss, {"flow_loss": loss, "text_dropped": jnp.sum(dropped) / n}
+    return common.mean_flow_loss(per_example, dropped, normalizers)
 
   def model_flops(self, batch_size: int) -> float:
     s = self.shapes
@@ -142,5 +136,4 @@ class DiTStage1(Task):
                             s.num_keyframes * CODES_PER_KEYFRAME)
 
   def export(self, params, directory) -> None:
-    params = jax.tree.map(np.asarray, self.effective_params(params)["dit"])
-    dit_api.save_diffusers(self.dit_config, params, os.path.join(directory, "dit_diffusers"), overwrite=True)
+    common.export_dit(self.dit_config, self.effective_params(params)["dit"], directory)

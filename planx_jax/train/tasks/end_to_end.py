@@ -105,4 +105,4 @@ class EndToEnd(Task):
     params = jax.tree.map(np.asarray, self.effective_params(params))
     planner_api.save_hf(self.planner_config, params["planner"], os.path.join(directory, "planner_hf"),
                         overwrite=True)
-    dit_api.save_diffusers(self.dit_config, params["dit"], os.path.join(directory, "dit_diffusers"), overwrite=True)
+    common.export_dit(self.dit_config, params["dit"], directory)

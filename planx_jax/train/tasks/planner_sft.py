@@ -1,7 +1,6 @@
 """Plan-X stage: planner SFT (Eq. 2): next-token CE on the assistant's keyframe codes over packed conversations,
 with the first frame's code embeddings zeroed with probability p = 0.5 per conversation. Not the data packing."""
 
-import logging
 import os
 
 import jax
@@ -31,18 +30,12 @@ def build_planner_config(config) -> PlannerConfig:
 
 def load_planner(config, planner_config: PlannerConfig) -> dict:
   """Host params from `planner.checkpoint` (a planx planner checkpoint), checked against the run's config."""
-  path = config.planner.checkpoint
-  if not path:
-    return {}
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"planner.checkpoint {path} is not a directory")
-  loaded_config, params, _, _ = planner_api.load_checkpoint(path, scan_layers=planner_config.scan_layers)
-  for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"):
-    if getattr(loaded_config, field) != getattr(planner_config, field):
-      raise ValueError(f"planner.checkpoint {path} has {field}={getattr(loaded_config, field)}, the config "
-                       f"{getattr(planner_config, field)}")
-  logging.info("planner: starting from %s", path)
-  return jax.tree.map(np.asarray, params)
+  def load(path):
+    loaded_config, params, _, _ = planner_api.load_checkpoint(path, scan_layers=planner_config.scan_layers)
+    return loaded_config, params
+
+  return common.read_checkpoint("planner", config.planner.checkpoint, load, planner_config,
+                                ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"))
 
 
 class PlannerSFT(Task):
