@@ -158,6 +158,12 @@ def planner_flops(config: PlannerConfig, num_params: int, batch: int, length: in
   return forward * (3.0 if trainable else 2.0)
 
 
+def video_tokens(config: DiTConfig, latent_shape) -> int:
+  """DiT tokens of one clip: latent frames x rows x columns, each divided by the patch."""
+  pt, ph, pw = config.patch_size
+  return (latent_shape[0] // pt) * (latent_shape[1] // ph) * (latent_shape[2] // pw)
+
+
 def dit_flops(config: DiTConfig, num_params: int, num_trainable: int, batch: int, tokens: int, text_len: int,
               semantic_len: int) -> float:
   """Training FLOPs of one DiT pass: forward 2 N L + attention; backward 2 N L for activations plus 2 N_train L

@@ -61,8 +61,7 @@ class DiTSFT(Task):
 
   def model_flops(self, batch_size: int) -> float:
     s = self.shapes
-    pt, ph, pw = self.dit_config.patch_size
-    tokens = (s.latent_shape[0] // pt) * (s.latent_shape[1] // ph) * (s.latent_shape[2] // pw)
+    tokens = common.video_tokens(self.dit_config, s.latent_shape)
     n = dit_api.param_count(self.dit_config)
     return common.dit_flops(self.dit_config, n, n if not self.lora_rank else 0, batch_size, tokens,
                             s.text_shape[0], 0)

@@ -126,8 +126,7 @@ class DiTStage1(Task):
 
   def model_flops(self, batch_size: int) -> float:
     s = self.shapes
-    pt, ph, pw = self.dit_config.patch_size
-    tokens = (s.latent_shape[0] // pt) * (s.latent_shape[1] // ph) * (s.latent_shape[2] // pw)
+    tokens = common.video_tokens(self.dit_config, s.latent_shape)
     abstract = jax.eval_shape(lambda: self.init_params(jax.random.key(0)))["dit"]
     mask = self.trainable({"dit": abstract, "codebook": None})["dit"]
     n = sum(x.size for x in jax.tree.leaves(abstract))

@@ -92,8 +92,7 @@ class EndToEnd(Task):
 
   def model_flops(self, batch_size: int) -> float:
     s = self.shapes
-    pt, ph, pw = self.dit_config.patch_size
-    tokens = (s.latent_shape[0] // pt) * (s.latent_shape[1] // ph) * (s.latent_shape[2] // pw)
+    tokens = common.video_tokens(self.dit_config, s.latent_shape)
     n_dit = dit_api.param_count(self.dit_config)
     n_dit_train = n_dit if self.config.dit_trainable == "all" else 0
     return (common.planner_flops(self.planner_config, planner_api.param_count(self.planner_config), batch_size,
