@@ -74,6 +74,21 @@ def stage_config(stage: str, steps: int) -> ml_collections.ConfigDict:
   return c
 
 
+def rl_run(c: ml_collections.ConfigDict, *, steps: int, lr: float, prompts: int) -> ml_collections.ConfigDict:
+  """RL on the demo world (configs/rl_*.py:demo): a constant learning rate, every step logged, a checkpoint every
+  10 steps, and `prompts` training prompts cycled (a small fixed set, so a few dozen CPU steps revisit each)."""
+  c.num_steps = steps
+  c.optimizer.lr = lr
+  c.optimizer.schedule = "constant"
+  c.optimizer.warmup_steps = 0
+  c.checkpoint.every = 10
+  c.checkpoint.keep = 2
+  c.log.every = 1
+  c.env.num_prompts = prompts
+  c.env.demo_dir = "planx_demo"
+  return c
+
+
 def get_config(arg=None):
   if arg not in (None, "", "demo"):
     return stage_config(arg, demo_config().steps[arg])

@@ -13,7 +13,8 @@ DEFAULT_CONFIG = "configs/planner_sft.py:tiny"
 
 
 def add_parser(sub) -> None:
-  p = sub.add_parser("train", help="train a Plan-X stage (planner SFT, DiT stage 1, end-to-end)")
+  p = sub.add_parser("train", help="train a Plan-X stage (planner SFT, DiT SFT, DiT stage 1, end-to-end) or run RL "
+                                   "post-training (planner GRPO / GSPO, DiT Flow-GRPO, the TempAct hierarchy)")
   p.add_argument("--config", default=DEFAULT_CONFIG,
                  help=f"experiment config file[:arg] (default {DEFAULT_CONFIG}); override fields with "
                       "--config.key=value")
@@ -39,6 +40,14 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"planx train: process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} devices in all",
           flush=True)
+  if config.get("stage") == "tempact":
+    from planx_jax.rl.hierarchy import train_tempact
+
+    result = train_tempact(config, args.workdir, num_steps=args.num_steps, progress=not args.no_progress)
+    last = result["history"][-1] if result["history"] else None
+    summary = f", R_plan {last['r_plan']:.4f}" if last else ""
+    print(f"planx train: tempact at step {last['step'] if last else 'unchanged'} in {args.workdir}{summary}")
+    return 0
   exp = build_experiment(config)
   if args.print_shardings:
     print(exp.describe_params())

@@ -1,7 +1,10 @@
 """Sampling: the planner's logits processing, plan grammar and KV-cache decoding; the DiT's flow
-samplers (Euler, UniPC) with CFG and first-frame conditioning. Nothing in this package trains."""
+samplers (Euler, UniPC) with CFG and first-frame conditioning, and the SDE sampler with log-probs that RL
+(Flow-GRPO) rolls out with. Nothing in this package trains."""
 
 from planx_jax.sampling.flow_sampler import SOLVERS, sample_flow
+from planx_jax.sampling.flow_sde import (SDE_KINDS, SDEStep, SDETrajectory, gaussian_log_prob, guided_velocity,
+                                         mean_kl, ratio_norm_log_ratio, sample_sde, sde_step, sde_window)
 from planx_jax.sampling.flow_schedulers import (UNIPC_ORDER, UniPCCoefficients, UniPCState, euler_sigmas, euler_step,
                                                 unipc_coefficients, unipc_init, unipc_sigmas, unipc_step)
 from planx_jax.sampling.logits_processing import (
@@ -39,4 +42,6 @@ __all__ = [
     "PlanGrammar", "PlanSamples", "SamplingConfig", "apply_allowed", "apply_temperature", "apply_top_k",
     "apply_top_p", "check_context", "filter_logits", "generate", "pad_prompts", "plan_to_codes",
     "sample_plans", "sample_token", "validate_plan",
+    "SDE_KINDS", "SDEStep", "SDETrajectory", "gaussian_log_prob", "guided_velocity", "mean_kl",
+    "ratio_norm_log_ratio", "sample_sde", "sde_step", "sde_window",
 ]

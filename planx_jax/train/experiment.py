@@ -123,8 +123,8 @@ class Experiment:
       return self._jit_step.lower(self.abstract_state(), self.abstract_batch())
 
   # --- running ------------------------------------------------------------------------------------------
-  def init_state(self) -> TrainState:
-    """Random params (created sharded), then subtrees from the configured checkpoints, then optimizer state."""
+  def initial_params(self) -> dict:
+    """Random params (created sharded), then the subtrees the configured checkpoints hold."""
     rng = jax.random.key(int(self.config.seed))
     with jax.set_mesh(self.mesh):
       params = jax.jit(self.task.full_init, out_shardings=self.param_shardings)(rng)
@@ -134,6 +134,11 @@ class Experiment:
       if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
         raise ValueError(f"pretrained {name} params do not match the model the config builds")
       params[name] = jax.device_put(subtree, self.param_shardings[name])
+    return params
+
+  def init_state(self) -> TrainState:
+    """`initial_params`, then the optimizer state."""
+    params = self.initial_params()
 
     def make(params):
       trainable, _ = partition(params, self.mask)
@@ -146,6 +151,12 @@ class Experiment:
   def train_step(self, state: TrainState, batch: dict):
     with jax.set_mesh(self.mesh):
       return self._jit_step(state, batch)
+
+  def next_batch(self, data, state: TrainState) -> dict:
+    """The global batch of the next step: drawn from the data iterator (RL experiments roll out the policy in
+    `state` instead, see `planx_jax.rl.experiment`)."""
+    del state
+    return self.global_batch(next(data))
 
   def global_batch(self, local_batch: dict) -> dict:
     """Per-process rows (batch_size / process_count each) -> global arrays with the batch shardings."""
@@ -207,6 +218,11 @@ class Experiment:
 
 
 def build_experiment(config: ml_collections.ConfigDict, devices=None) -> Experiment:
+  """The stage's experiment: SFT stages read batches from their data; RL stages roll out their policy."""
+  if config.get("stage") in defaults.RL_STAGES:
+    from planx_jax.rl.experiment import RLExperiment
+
+    return RLExperiment(config, devices)
   return Experiment(config, devices)
 
 

@@ -92,7 +92,7 @@ def _run_steps(exp, workdir: Path, checkpointer: Checkpointer, data, state, star
       while step < num_steps:
         profile.before_step(step)
         began = time.perf_counter()
-        batch = exp.global_batch(next(data))
+        batch = exp.next_batch(data, state)
         state, metrics = exp.train_step(state, batch)
         step += 1
         pending.append((step, metrics))

@@ -38,17 +38,16 @@ def load_planner(config, planner_config: PlannerConfig) -> dict:
                                 ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"))
 
 
-class PlannerSFT(Task):
-  stage = "planner_sft"
+class PlannerTask(Task):
+  """What the planner-only stages share (SFT, GRPO / GSPO): the planner's params, all trainable, its checkpoint
+  and its HF export."""
+
   models = ("planner",)
 
   def __init__(self, config):
     super().__init__(config)
     self.planner_config = build_planner_config(config)
     self.seq_len = int(config.data.seq_len)
-    self.first_frame_drop = float(config.first_frame_drop)
-    if not 0.0 <= self.first_frame_drop <= 1.0:
-      raise ValueError(f"first_frame_drop must be in [0, 1], got {self.first_frame_drop}")
 
   def init_params(self, rng) -> dict:
     return {"planner": planner_api.init_params(self.planner_config, rng)}
@@ -62,6 +61,20 @@ class PlannerSFT(Task):
 
   def trainable(self, params):
     return jax.tree.map(lambda _: True, params)
+
+  def export(self, params, directory) -> None:
+    params = jax.tree.map(np.asarray, self.effective_params(params)["planner"])
+    planner_api.save_hf(self.planner_config, params, os.path.join(directory, "planner_hf"), overwrite=True)
+
+
+class PlannerSFT(PlannerTask):
+  stage = "planner_sft"
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.first_frame_drop = float(config.first_frame_drop)
+    if not 0.0 <= self.first_frame_drop <= 1.0:
+      raise ValueError(f"first_frame_drop must be in [0, 1], got {self.first_frame_drop}")
 
   def normalizers(self, batch) -> dict:
     return {"tokens": common.num_target_tokens(batch)}
@@ -78,7 +91,3 @@ class PlannerSFT(Task):
   def model_flops(self, batch_size: int) -> float:
     return common.planner_flops(self.planner_config, planner_api.param_count(self.planner_config), batch_size,
                                 self.seq_len, True)
-
-  def export(self, params, directory) -> None:
-    params = jax.tree.map(np.asarray, self.effective_params(params)["planner"])
-    planner_api.save_hf(self.planner_config, params, os.path.join(directory, "planner_hf"), overwrite=True)

@@ -1,0 +1,3 @@
+"""RL post-training: rollouts of the planner (GRPO / GSPO) and the DiT (Flow-GRPO), the TempAct planner-executor
+hierarchy, and the demo world as an environment with verifiable rewards. The losses are `planx_jax.losses.rl`,
+the SDE sampler `planx_jax.sampling.flow_sde`, the rewards `planx_jax.rewards`."""
