@@ -78,7 +78,7 @@ def sample_flow(velocity_fn: VelocityFn, noise, *, cond: Any = None, uncond: Any
   Returns:
     [B, F, H, W, C] fp32 denoised latents x_0; fixed frames are exactly fixed_latents there.
   """
-  _check_args(velocity_fn, noise, num_steps, shift, solver, order, guidance_scale, fixed_latents, frame_mask,
+  check_sampler_args(velocity_fn, noise, num_steps, shift, solver, order, guidance_scale, fixed_latents, frame_mask,
               callback, ordered_callback)
   b, f = noise.shape[:2]
   if solver == "unipc":
@@ -101,9 +101,9 @@ def sample_flow(velocity_fn: VelocityFn, noise, *, cond: Any = None, uncond: Any
 
   def velocity(x, t):
     ts = mask * t if conditioned else jnp.full((b,), t)  # [B, F] | [B]
-    v = _model_call(velocity_fn, x, ts, cond, "cond")
+    v = call_velocity(velocity_fn, x, ts, cond, "cond")
     if guided:
-      v_uncond = _model_call(velocity_fn, x, ts, uncond, "uncond")
+      v_uncond = call_velocity(velocity_fn, x, ts, uncond, "uncond")
       v = v_uncond + guidance_scale * (v - v_uncond)
     return v
 
@@ -125,7 +125,9 @@ def sample_flow(velocity_fn: VelocityFn, noise, *, cond: Any = None, uncond: Any
   return x
 
 
-def _model_call(velocity_fn, x, timesteps, cond, name) -> jax.Array:
+def call_velocity(velocity_fn, x, timesteps, cond, name) -> jax.Array:
+  """velocity_fn(x, timesteps, cond) as fp32, after checking it returns float velocities shaped like x (shared
+  with the SDE sampler)."""
   v = velocity_fn(x, timesteps, cond)
   if not hasattr(v, "shape") or tuple(v.shape) != tuple(x.shape) or not jnp.issubdtype(v.dtype, jnp.floating):
     got = f"shape {tuple(v.shape)} dtype {v.dtype}" if hasattr(v, "shape") else f"a {type(v).__name__}"
@@ -140,7 +142,7 @@ def _describe(x) -> str:
   return f"shape {tuple(x.shape)} dtype {x.dtype}"
 
 
-def _check_args(velocity_fn, noise, num_steps, shift, solver, order, guidance_scale, fixed_latents, frame_mask,
+def check_sampler_args(velocity_fn, noise, num_steps, shift, solver, order, guidance_scale, fixed_latents, frame_mask,
                 callback, ordered_callback):
   if not callable(velocity_fn):
     raise ValueError(f"velocity_fn must be callable (latents, timesteps, cond) -> v, got {velocity_fn!r}")

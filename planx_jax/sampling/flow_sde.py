@@ -14,8 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from planx_jax.losses.flow import apply_fixed_frames, first_frame_mask
-from planx_jax.sampling.flow_sampler import _check_args as _check_sampler_args
-from planx_jax.sampling.flow_sampler import _model_call
+from planx_jax.sampling.flow_sampler import call_velocity, check_sampler_args
 from planx_jax.sampling.flow_schedulers import euler_sigmas
 
 SDE_KINDS = ("flow_grpo", "wan", "cps", "dance")
@@ -233,9 +232,9 @@ def guided_velocity(velocity_fn: VelocityFn, x, timestep, *, cond: Any = None, u
   b = x.shape[0]
   t = jnp.broadcast_to(_f32(timestep), (b,))  # [B]
   timesteps = t if frame_mask is None else _f32(frame_mask) * t[:, None]  # [B] | [B, F]
-  v = _model_call(velocity_fn, x, timesteps, cond, "cond")
+  v = call_velocity(velocity_fn, x, timesteps, cond, "cond")
   if uncond is not None and guidance_scale != 1:
-    v_uncond = _model_call(velocity_fn, x, timesteps, uncond, "uncond")
+    v_uncond = call_velocity(velocity_fn, x, timesteps, uncond, "uncond")
     v = v_uncond + guidance_scale * (v - v_uncond)
   return v
 
@@ -268,7 +267,7 @@ def sample_sde(velocity_fn: VelocityFn, noise, rng, *, cond: Any = None, uncond:
     SDETrajectory. latents[i + 1] is scored again with sde_step(latents[i], v, sigmas[i], sigmas[i + 1],
     prev_sample=latents[i + 1], mask=trajectory.logprob_mask, sigma_max=sigmas[1], ...) (the on-policy ratio is 1).
   """
-  _check_sampler_args(velocity_fn, noise, num_steps, shift, "euler", None, guidance_scale, fixed_latents, frame_mask,
+  check_sampler_args(velocity_fn, noise, num_steps, shift, "euler", None, guidance_scale, fixed_latents, frame_mask,
                       None, False)
   if not isinstance(keep_means, bool):
     raise ValueError(f"keep_means must be a bool, got {keep_means!r}")
