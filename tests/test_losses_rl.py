@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from planx_jax.losses import rl
+from planx_jax.losses.lm import HEAD_LAYOUTS
 
 TOL = dict(rtol=1e-6, atol=1e-6)
 LEVELS = rl.IMPORTANCE_LEVELS
@@ -289,7 +290,7 @@ def test_token_log_probs_match_torch():
   assert bf16.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("head_layout", rl.HEAD_LAYOUTS)
+@pytest.mark.parametrize("head_layout", HEAD_LAYOUTS)
 def test_chunked_token_log_probs_match_dense(head_layout):
   rng = np.random.default_rng(11)
   b, t, h, v = 2, 11, 8, 37

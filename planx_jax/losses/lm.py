@@ -93,19 +93,8 @@ def chunked_masked_nll(hidden, head, targets, mask, *, head_layout: str = "hv", 
     chunk_size: sequence positions per chunk (clamped to L).
     vocab_chunk_size: vocabulary columns per tile, or None for the whole vocabulary per chunk.
   """
-  if getattr(hidden, "ndim", None) != 3 or not jnp.issubdtype(hidden.dtype, jnp.floating):
-    raise ValueError(f"hidden must be a float [B, L, H] array, got {_describe(hidden)}")
-  if head_layout not in HEAD_LAYOUTS:
-    raise ValueError(f"head_layout must be one of {HEAD_LAYOUTS}, got {head_layout!r}")
-  if getattr(head, "ndim", None) != 2 or not jnp.issubdtype(head.dtype, jnp.floating):
-    raise ValueError(f"head must be a float 2-D array, got {_describe(head)}")
+  vocab = check_hidden_and_head(hidden, head, head_layout)
   b, l, h = hidden.shape
-  vocab_axis = 1 if head_layout == "hv" else 0
-  if head.shape[1 - vocab_axis] != h:
-    expected = "[H, V]" if head_layout == "hv" else "[V, H]"
-    raise ValueError(f"head {tuple(head.shape)} does not match hidden size H={h} for head_layout="
-                     f"{head_layout!r} (expected {expected})")
-  vocab = head.shape[vocab_axis]
   _check_size("chunk_size", chunk_size)
   if vocab_chunk_size is not None:
     _check_size("vocab_chunk_size", vocab_chunk_size)
@@ -139,6 +128,24 @@ def chunked_masked_nll(hidden, head, targets, mask, *, head_layout: str = "hv", 
   _, nll = jax.lax.scan(step, None, (hidden_chunks, target_chunks))  # [C, B, chunk]
   nll = jnp.swapaxes(nll, 0, 1).reshape(b, num_chunks * chunk)[:, :l]  # [B, L]
   return _reduce(nll, targets, mask, vocab)
+
+
+def check_hidden_and_head(hidden, head, head_layout: str) -> int:
+  """Checks final hidden states [B, L, H] against an output projection in `head_layout`; returns the vocabulary
+  size V (shared by the chunked NLL and the RL chunked log-probs)."""
+  if getattr(hidden, "ndim", None) != 3 or not jnp.issubdtype(hidden.dtype, jnp.floating):
+    raise ValueError(f"hidden must be a float [B, L, H] array, got {_describe(hidden)}")
+  if head_layout not in HEAD_LAYOUTS:
+    raise ValueError(f"head_layout must be one of {HEAD_LAYOUTS}, got {head_layout!r}")
+  if getattr(head, "ndim", None) != 2 or not jnp.issubdtype(head.dtype, jnp.floating):
+    raise ValueError(f"head must be a float 2-D array, got {_describe(head)}")
+  h = hidden.shape[-1]
+  vocab_axis = 1 if head_layout == "hv" else 0
+  if head.shape[1 - vocab_axis] != h:
+    expected = "[H, V]" if head_layout == "hv" else "[V, H]"
+    raise ValueError(f"head {tuple(head.shape)} does not match hidden size H={h} for head_layout="
+                     f"{head_layout!r} (expected {expected})")
+  return head.shape[vocab_axis]
 
 
 def _project(hidden_c, head, head_layout):

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax.losses.lm import HEAD_LAYOUTS, _check_mask, _check_size, _describe, _project
+from planx_jax.losses.lm import _check_mask, _check_size, _describe, _project, check_hidden_and_head
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 KL_KINDS = ("k1", "k2", "squared", "k3")  # "squared" is another name for k2
@@ -118,28 +118,17 @@ def chunked_token_log_probs(hidden, head, targets, *, head_layout: str = "hv", t
     head: [H, V] for head_layout="hv" (an lm_head kernel) or [V, H] for "vh" (a tied embedding table); cast to
       `hidden`'s dtype, as `Planner.logits` does.
     targets: [B, T] integer ids; ids outside [0, V) give 0.
-    head_layout: one of HEAD_LAYOUTS.
+    head_layout: one of losses.lm.HEAD_LAYOUTS ("hv" or "vh").
     temperature: > 0.
     chunk_size: sequence positions per chunk (clamped to T).
   """
-  if getattr(hidden, "ndim", None) != 3 or not jnp.issubdtype(hidden.dtype, jnp.floating):
-    raise ValueError(f"hidden must be a float [B, T, H] array, got {_describe(hidden)}")
-  if head_layout not in HEAD_LAYOUTS:
-    raise ValueError(f"head_layout must be one of {HEAD_LAYOUTS}, got {head_layout!r}")
-  if getattr(head, "ndim", None) != 2 or not jnp.issubdtype(head.dtype, jnp.floating):
-    raise ValueError(f"head must be a float 2-D array, got {_describe(head)}")
+  vocab = check_hidden_and_head(hidden, head, head_layout)
   b, t, h = hidden.shape
-  vocab_axis = 1 if head_layout == "hv" else 0
-  if head.shape[1 - vocab_axis] != h:
-    expected = "[H, V]" if head_layout == "hv" else "[V, H]"
-    raise ValueError(f"head {tuple(head.shape)} does not match hidden size H={h} for head_layout={head_layout!r} "
-                     f"(expected {expected})")
   if t < 1:
     raise ValueError(f"hidden has an empty sequence axis: {tuple(hidden.shape)}")
   _check_ids(targets, (b, t))
   _check_temperature(temperature)
   _check_size("chunk_size", chunk_size)
-  vocab = head.shape[vocab_axis]
   targets = jnp.asarray(targets)
   hidden = jnp.asarray(hidden)
   head = jnp.asarray(head).astype(hidden.dtype)
