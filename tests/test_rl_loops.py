@@ -1,71 +1,117 @@
 """The RL loops end to end on the demo world at tiny size (random tiny models, small encoders): planner GRPO through
 `train.loop.train` with checkpoint / resume of the prompt cursor, and one TempAct hierarchy step (planner GSPO +
-executor Flow-GRPO rollouts on the transition chunk, both updates, both checkpoints). One world environment is
-shared."""
+executor Flow-GRPO rollouts on the transition chunk, both updates, both checkpoints).
+
+Each loop runs in its own subprocess (the two at once, one per core) compiling with XLA's fast CPU settings
+(LLVM -O0, the classic fusion emitters): nearly all the time is compiling tiny programs, and nothing checked depends
+on CPU code generation. The subprocess reports what the tests check as JSON."""
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
 
-from planx_jax.configs import rl_planner, rl_tempact
-from planx_jax.rl import hierarchy
-from planx_jax.rl.experiment import RLExperiment, build_environment
-from planx_jax.train.loop import train
+FAST_CPU_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+
+SCRIPT = textwrap.dedent(r'''
+  import json, sys
+  from pathlib import Path
+  import numpy as np
+  from planx_jax.configs import rl_planner, rl_tempact
+  from planx_jax.rl import hierarchy
+  from planx_jax.rl.experiment import RLExperiment, build_environment
+  from planx_jax.train.loop import train
+
+  which, workdir = sys.argv[1], Path(sys.argv[2])
+  env = build_environment(rl_planner.get_config("tiny"), None)
+  out = {}
+  if which == "planner":
+    exp = RLExperiment(rl_planner.get_config("tiny"))
+    exp.env = env
+    first = train(exp, workdir, num_steps=1, progress=False)
+    rows = exp.last_rollout.rows
+    out.update(first_step=first.step, first_losses=list(first.losses), shape=list(rows["token_ids"].shape),
+               first_indices=exp.last_indices, group_sums=rows["advantages"].reshape(2, 2).sum(1).tolist(),
+               logp_off_target=float(np.abs(rows["old_logp"][~np.roll(rows["loss_mask"], -1, axis=1)]).max()))
+    second = train(exp, workdir, num_steps=2, progress=False)  # a new run in the same workdir resumes
+    logged = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    out.update(second=[second.start_step, second.step], second_indices=exp.last_indices,
+               reward_steps=[e["step"] for e in logged if "reward" in e])
+  else:
+    c = rl_tempact.get_config("tiny")
+    c.num_steps = 1
+    RLExperiment.environment = lambda self: env  # the tiny world, built once
+    result = hierarchy.train_tempact(c, workdir, progress=False)
+    r = result["rollout"]
+    k, rows = r.switch, r.executor_rows
+    out.update(history=result["history"], switch=k, rows=int(rows["latents"].shape[0]),
+               planner_rows=int(r.planner_rows["token_ids"].shape[0]),
+               context_fixed=float(np.abs(rows["frame_mask"][:, :k + 1]).max()),
+               logprob_mask=rows["logprob_mask"].tolist(),
+               context_kept=bool(np.array_equal(rows["latents"][:, :k + 1], rows["next_latents"][:, :k + 1])),
+               context_shared=bool(np.array_equal(rows["latents"][0, :k + 1], rows["latents"][1, :k + 1])),
+               sigma_down=bool(np.all(rows["sigma_next"] < rows["sigma"])),
+               exec_group_sums=rows["advantages"].reshape(2, 2).sum(1).tolist(),
+               plan_group_sum=float(r.planner_rows["advantages"].sum()),
+               checkpoints=[(workdir / n / "checkpoints" / "1").is_dir() for n in ("planner", "executor")],
+               metrics=[(workdir / n / "metrics.jsonl").is_file() for n in ("planner", "executor")])
+  print("RESULTS " + json.dumps(out))
+''')
 
 
 @pytest.fixture(scope="module")
-def world_env():
-  c = rl_planner.get_config("tiny")
-  return build_environment(c, None)
-
-
-def planner_experiment(env):
-  exp = RLExperiment(rl_planner.get_config("tiny"))
-  exp.env = env
-  return exp
-
-
-def test_planner_grpo_trains_and_resumes_its_prompt_cursor(world_env, tmp_path):
-  exp = planner_experiment(world_env)
-  first = train(exp, tmp_path, num_steps=1, progress=False)
-  assert first.step == 1 and np.isfinite(first.losses).all()
-  rows = exp.last_rollout.rows
-  assert rows["token_ids"].shape == (4, 1280)
-  assert exp.last_indices == [0, 1]
-  groups = rows["advantages"].reshape(2, 2)
-  np.testing.assert_allclose(groups.sum(axis=1), 0.0, atol=1e-5)  # normalised within each prompt's G plans
-  np.testing.assert_array_equal(rows["old_logp"][~np.roll(rows["loss_mask"], -1, axis=1)], 0.0)
-  second = train(exp, tmp_path, num_steps=2, progress=False)  # a new run in the same workdir resumes
-  assert (second.start_step, second.step) == (1, 2)
-  assert exp.last_indices == [2, 3]  # the prompt cursor came back from the checkpoint
-  logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [e["step"] for e in logged if "reward" in e] == [1, 2]
-
-
-def test_tempact_step(world_env, tmp_path):
-  c = rl_tempact.get_config("tiny")
-  c.num_steps = 1
-  original = RLExperiment.environment
-  RLExperiment.environment = lambda self: world_env  # the shared tiny world
+def loops(tmp_path_factory):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {FAST_CPU_COMPILE}")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  base = tmp_path_factory.mktemp("rl_loops")
+  procs = {}
   try:
-    result = hierarchy.train_tempact(c, tmp_path, progress=False)
+    for which in ("planner", "tempact"):  # output to files: a full pipe would stall a subprocess
+      with open(base / f"{which}.out", "w") as out, open(base / f"{which}.err", "w") as err:
+        procs[which] = subprocess.Popen([sys.executable, "-c", SCRIPT, which, str(base / which)], cwd=root, env=env,
+                                        stdout=out, stderr=err)
+    results, deadline = {}, time.monotonic() + 900
+    for which, proc in procs.items():
+      returncode = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+      assert returncode == 0, (base / f"{which}.err").read_text()[-4000:]
+      line = [l for l in (base / f"{which}.out").read_text().splitlines() if l.startswith("RESULTS ")][-1]
+      results[which] = json.loads(line[len("RESULTS "):])
   finally:
-    RLExperiment.environment = original
-  (h,) = result["history"]
+    for proc in procs.values():
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  return results
+
+
+def test_planner_grpo_trains_and_resumes_its_prompt_cursor(loops):
+  r = loops["planner"]
+  assert r["first_step"] == 1 and np.isfinite(r["first_losses"]).all()
+  assert r["shape"] == [4, 1280] and r["first_indices"] == [0, 1]
+  np.testing.assert_allclose(r["group_sums"], 0.0, atol=1e-5)  # normalised within each prompt's G plans
+  assert r["logp_off_target"] == 0.0  # only the planned code tokens are scored
+  assert r["second"] == [1, 2]  # the second run resumed from step 1
+  assert r["second_indices"] == [2, 3]  # the prompt cursor came back from the checkpoint
+  assert r["reward_steps"] == [1, 2]
+
+
+def test_tempact_step(loops):
+  r = loops["tempact"]
+  (h,) = r["history"]
   assert 0.0 <= h["r_judge"] <= 1.0 and 0.0 <= h["r_video"] <= 1.0
   np.testing.assert_allclose(h["r_plan"], 0.15 * h["r_judge"] + 0.85 * h["r_video"], atol=1e-5)
-  out = result["rollout"]
-  k = out.switch
-  rows = out.executor_rows  # 1 prompt x M 2 plans x N 2 continuations x 1 trained step
-  assert rows["latents"].shape[0] == 4 and out.planner_rows["token_ids"].shape[0] == 2
-  np.testing.assert_array_equal(rows["frame_mask"][:, :k + 1], 0.0)  # the plan's shared context is fixed
-  np.testing.assert_array_equal(rows["logprob_mask"], (np.arange(5) == k + 1)[None].repeat(4, 0))  # the chunk
-  np.testing.assert_array_equal(rows["latents"][:, :k + 1], rows["next_latents"][:, :k + 1])
-  np.testing.assert_array_equal(rows["latents"][0, :k + 1], rows["latents"][1, :k + 1])  # one context per plan
-  assert np.all(rows["sigma_next"] < rows["sigma"])
-  np.testing.assert_allclose(rows["advantages"].reshape(2, 2).sum(axis=1), 0.0, atol=1e-5)  # over N per plan
-  np.testing.assert_allclose(out.planner_rows["advantages"].sum(), 0.0, atol=1e-5)  # over the M plans
-  for name in ("planner", "executor"):
-    assert (tmp_path / name / "checkpoints" / "1").is_dir()
-    assert (tmp_path / name / "metrics.jsonl").is_file()
+  k = r["switch"]
+  assert r["rows"] == 4 and r["planner_rows"] == 2  # 1 prompt x M 2 plans (x N 2 continuations x 1 step)
+  assert r["context_fixed"] == 0.0 and r["context_kept"]  # frames 0..k are the plan's fixed context
+  assert r["context_shared"]  # one context per plan, shared by its continuations
+  np.testing.assert_array_equal(r["logprob_mask"], np.repeat((np.arange(5) == k + 1)[None], 4, 0))  # the chunk
+  assert r["sigma_down"]
+  np.testing.assert_allclose(r["exec_group_sums"], 0.0, atol=1e-5)  # exec advantages over each plan's N
+  assert abs(r["plan_group_sum"]) < 1e-5  # plan advantages over the prompt's M plans
+  assert r["checkpoints"] == [True, True] and r["metrics"] == [True, True]

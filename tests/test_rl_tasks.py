@@ -149,7 +149,7 @@ def test_flow_transition_is_the_sde_density(dit_setup):
                                  jnp.asarray(timesteps), jnp.asarray(rows["text_emb"]), 4.0), np.float64)
   s, sp = float(rows["sigma"][0]), float(rows["sigma_next"][0])
   dt = sp - s
-  sig = 0.7 * np.sqrt(s / (1 - s))
+  sig = float(task.config.rl.noise_level) * np.sqrt(s / (1 - s))
   x = rows["latents"].astype(np.float64)
   mean = x * (1 + sig**2 / (2 * s) * dt) + v * (1 + sig**2 * (1 - s) / (2 * s)) * dt
   std = sig * np.sqrt(-dt)
