@@ -229,34 +229,22 @@ def test_rl_presets_build_and_check_their_groups():
       1e-5, 2.0, 256, 8)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"rl.group_size": 1}, "group_size must be >= 2"),
-    ({"batch_size": 5}, "not a multiple of rl.group_size"),
-    ({"rl.level": "sentence"}, "rl.level must be one of"),
-    ({"rl.loss_type": "ppo"}, "rl.loss_type must be one of"),
-    ({"rl.temperature": 0.0}, "temperature must be > 0"),
+@pytest.mark.parametrize("preset, task_class, key, value, message", [
+    (rl_planner, PlannerGRPO, "rl.group_size", 1, "group_size must be >= 2"),
+    (rl_planner, PlannerGRPO, "batch_size", 5, "not a multiple of rl.group_size"),
+    (rl_planner, PlannerGRPO, "rl.level", "sentence", "rl.level must be one of"),
+    (rl_planner, PlannerGRPO, "rl.loss_type", "ppo", "rl.loss_type must be one of"),
+    (rl_planner, PlannerGRPO, "rl.temperature", 0.0, "temperature must be > 0"),
+    (rl_dit, DiTFlowGRPO, "rl.train_steps", 4, "train_steps must be in"),
+    (rl_dit, DiTFlowGRPO, "rl.sde", "ddim", "rl.sde must be one of"),
+    (rl_dit, DiTFlowGRPO, "batch_size", 5, "not a multiple of rl.group_size x rl.train_steps"),
 ])
-def test_planner_grpo_rejects_bad_settings(change, message):
-  c = rl_planner.get_config("tiny")
-  for key, value in change.items():
-    section, _, field = key.rpartition(".")
-    (c[section] if section else c)[field] = value
+def test_rl_stages_reject_bad_settings(preset, task_class, key, value, message):
+  c = preset.get_config("tiny")
+  section, _, field = key.rpartition(".")
+  (c[section] if section else c)[field] = value
   with pytest.raises(ValueError, match=message):
-    PlannerGRPO(c)
-
-
-@pytest.mark.parametrize("change, message", [
-    ({"rl.train_steps": 4}, "train_steps must be in"),
-    ({"rl.sde": "ddim"}, "rl.sde must be one of"),
-    ({"batch_size": 5}, "not a multiple of rl.group_size x rl.train_steps"),
-])
-def test_dit_flow_grpo_rejects_bad_settings(change, message):
-  c = rl_dit.get_config("tiny")
-  for key, value in change.items():
-    section, _, field = key.rpartition(".")
-    (c[section] if section else c)[field] = value
-  with pytest.raises(ValueError, match=message):
-    DiTFlowGRPO(c)
+    task_class(c)
 
 
 def test_tempact_checks_batch_sizes():
