@@ -21,6 +21,10 @@ SEQ_LEN = 1280  # the longest demo conversation is 1251 tokens (729 first-frame 
 # TA-Tok codes are as wide as the planner (as Tar's codebook is for the 1.5B LLM), so the stage-1 semantic branch
 # (codebook vectors in) carries over to end-to-end training (planner hidden states in) unchanged.
 CODE_DIM = 64
+# The sampler's timestep shift (UniPC, 20 steps); the DiT stages draw their training noise levels logit-normal with
+# the same shift, so training covers the high noise levels where sampling spends its first steps (with shift 1
+# almost no training example has s > 0.9, and the demo's DiTs left blocky noise over every generated frame).
+SHIFT = 3.0
 # Sized for a 2-core CPU (about 25 GFLOP/s): a planner example (1251 tokens) costs ~3 GFLOP to train, a DiT
 # example (320 video tokens) ~0.5 GFLOP. A DiT token carries 2x2 latent cells x 16 channels = 64 values, no more than
 # the DiT width (with the lossless 192-channel codec a token's 768 values could not pass a width-64 model).
@@ -59,6 +63,7 @@ def stage_config(stage: str, steps: int) -> ml_collections.ConfigDict:
     c.dit.preset = "tiny"
     c.dit.overrides = ml_collections.ConfigDict(DIT)
     c.i2v_prob = 1.0  # TI2V: latent frame 0 is the given first frame
+    c.timesteps.shift = SHIFT
   if stage == "planner_sft":
     c.batch_size = 8
   elif stage == "dit_sft":
@@ -108,6 +113,6 @@ def demo_config() -> ml_collections.ConfigDict:
   # minutes on CPU learns motion, not copying the first frame forward.
   c.codec = ml_collections.ConfigDict({"spatial": 4, "temporal": 4, "channels": 16, "delta": True})
   c.steps = ml_collections.ConfigDict({"planner_sft": 200, "dit_sft": 300, "dit_stage1": 150, "end_to_end": 60})
-  c.generate = ml_collections.ConfigDict({"num_steps": 20, "guidance_scale": 4.0, "shift": 3.0, "solver": "unipc",
+  c.generate = ml_collections.ConfigDict({"num_steps": 20, "guidance_scale": 4.0, "shift": SHIFT, "solver": "unipc",
                                           "temperature": 0.0, "batch_size": 8, "num_videos": 4})
   return c

@@ -7,12 +7,12 @@ in test_semantic_rope.py. The demo runs as the `planx` command in a subprocess c
 depends on CPU code generation."""
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import fast_compile_env
 
 from planx_jax.cli import main
 from planx_jax.data import world
@@ -25,13 +25,12 @@ OVERRIDES = [
     "--config.generate.batch_size=3", "--config.generate.num_videos=1",
 ]
 VARIANTS = ("ground_truth", "plan_x")
-FAST_CPU_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
   root = tmp_path_factory.mktemp("demo")
-  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {FAST_CPU_COMPILE}")
+  env = fast_compile_env()
   # A relative --out, as the README's command uses (Orbax itself needs absolute paths).
   proc = subprocess.run([sys.executable, "-m", "planx_jax.cli", "demo", "--out", "planx_demo", "--no-progress",
                          *OVERRIDES], cwd=root, env=env, capture_output=True, text=True, timeout=900)
@@ -87,3 +86,14 @@ def test_eval_command_on_the_demo_output(demo_out, capsys):
 def test_demo_rejects_a_non_demo_config(tmp_path, capsys):
   assert main(["demo", "--out", str(tmp_path), "--config", "configs/dit_sft.py"]) == 2
   assert "not a demo config" in capsys.readouterr().err
+
+
+def test_dit_stages_train_on_the_noise_levels_the_sampler_visits():
+  """Every DiT stage draws its training noise levels with the shift the demo samples with (configs/demo.py SHIFT);
+  with shift 1 the demo's DiTs almost never trained at the high noise levels sampling starts from."""
+  from planx_jax.configs import demo as demo_configs
+
+  demo = demo_configs.demo_config()
+  for stage in ("dit_sft", "dit_stage1", "end_to_end"):
+    config = demo_configs.stage_config(stage, 1)
+    assert config.timesteps.kind == "logit_normal" and config.timesteps.shift == demo.generate.shift == 3.0, stage

@@ -63,6 +63,11 @@ def plan(planner: Planner, episodes: list[world.Episode], cond: Conditions, num_
   return codes, full
 
 
+def ground_truth_plan(enc: Encoders, episodes: list[world.Episode]) -> np.ndarray:
+  """[B, K-1, 81]: TA-Tok scale-2 codes of the ground-truth keyframes after frame 0 (what a perfect planner plans)."""
+  return encode_clips(enc, np.stack([world.render(e) for e in episodes]))["codes_s2"][:, 1:]
+
+
 def end_to_end_semantics(planner: Planner, conversations: list) -> np.ndarray:
   """[B, (K-1) * 81, hidden]: the planner's hidden states at its planned codes (the end-to-end DiT's input)."""
   return np.asarray(plan_semantics(planner.config, planner.params, conversations, planner.plan_tokens.endoftext))

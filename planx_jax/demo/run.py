@@ -30,6 +30,7 @@ VARIANT_TITLES = {
     "dit_only": "DiT only (text + first frame, SFT, same DiT compute)",
     "plan_x_no_rope": "Plan-X w/o 3D RoPE (semantic branch)",
     "plan_x_no_e2e": "Plan-X w/o end-to-end (stage-1 DiT, planner SFT)",
+    "oracle_plan": "Stage-1 DiT on ground-truth plans (oracle planner, an upper bound)",
     "plan_x": "Plan-X (planner + semantic branch)",
 }
 
@@ -109,7 +110,8 @@ def render_variants(demo, enc, trained: dict, episodes: list[world.Episode], out
   """Videos [T, H, W, 3] uint8 per variant for the held-out episodes (batched; the same noise per episode)."""
   gen = demo.generate
   k = enc.shapes.num_keyframes
-  variants = ["ground_truth", "plan_x"] + (["plan_x_no_rope", "plan_x_no_e2e", "dit_only"] if ablation else [])
+  variants = ["ground_truth", "plan_x"] + (
+      ["plan_x_no_rope", "plan_x_no_e2e", "oracle_plan", "dit_only"] if ablation else [])
   videos = {v: [] for v in variants}
   plans = []
   b = int(gen.batch_size)
@@ -122,9 +124,12 @@ def render_variants(demo, enc, trained: dict, episodes: list[world.Episode], out
       if name == "dit_only":
         task, params = trained["dit_only"]
         frames = generation.render(task.dit_config, params["dit"], enc, cond, gen)
-      elif name == "plan_x_no_e2e":
-        planner = _planner(*trained["planner_sft"][:2], trained["planner_sft"][0].config)
-        codes, _ = generation.plan(planner, part, cond, k, float(gen.temperature))
+      elif name in ("plan_x_no_e2e", "oracle_plan"):
+        if name == "oracle_plan":  # TA-Tok codes of the ground-truth keyframes 1..K-1
+          codes = generation.ground_truth_plan(enc, part)
+        else:
+          planner = _planner(*trained["planner_sft"][:2], trained["planner_sft"][0].config)
+          codes, _ = generation.plan(planner, part, cond, k, float(gen.temperature))
         task, params = trained["dit_stage1"]
         frames = generation.render(task.dit_config, params["dit"], enc, cond, gen,
                                    generation.codebook_semantics(enc, cond, codes),
