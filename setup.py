@@ -52,7 +52,7 @@ setup(
         "pillow",
     ],
     extras_require={
-        "test": ["pytest", "torch==2.13.0", "diffusers==0.42.1", "accelerate", "libtpu"],
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "diffusers==0.42.1", "accelerate", "libtpu"],
         "tpu": ["jax[tpu]>=0.10,<0.12"],
         "cuda": ["jax[cuda12]>=0.10,<0.12"],
     },

@@ -12,6 +12,16 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 
+# XLA's fast CPU compile settings (LLVM -O0, the classic fusion emitters) for tests that run whole programs in a
+# subprocess: their time is compiling tiny programs, and none of what they check depends on CPU code generation.
+FAST_CPU_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+
+
+def fast_compile_env(extra_xla_flags: str = "") -> dict:
+  """os.environ with FAST_CPU_COMPILE (and `extra_xla_flags`) added to XLA_FLAGS, for a test's subprocess."""
+  flags = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), extra_xla_flags, FAST_CPU_COMPILE) if f)
+  return dict(os.environ, XLA_FLAGS=flags)
+
 def copy_checkpoint(src, dst, edit=None, config_edit=None, weights: str = "model.safetensors"):
   """Copies a single-file checkpoint directory, editing its tensors dict and / or config dict on the way (for
   tests of bad checkpoints); returns `dst`."""

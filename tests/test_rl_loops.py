@@ -15,8 +15,7 @@ import time
 
 import numpy as np
 import pytest
-
-FAST_CPU_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+from conftest import fast_compile_env
 
 SCRIPT = textwrap.dedent(r'''
   import json, sys
@@ -66,8 +65,7 @@ SCRIPT = textwrap.dedent(r'''
 
 @pytest.fixture(scope="module")
 def loops(tmp_path_factory):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {FAST_CPU_COMPILE}")
+  env = dict(fast_compile_env(), JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   base = tmp_path_factory.mktemp("rl_loops")
   procs = {}
