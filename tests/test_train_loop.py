@@ -73,9 +73,12 @@ def driver_main(argv=None):
 
 
 def launch(workdir, *args, cache_dir) -> subprocess.Popen:
-  """Starts the driver; runs share a persistent compilation cache (the same executable, compiled once)."""
+  """Starts the driver; runs share a persistent compilation cache (the same executable, compiled once) and XLA's
+  fast CPU compile settings (every run compiles the same way, so the bit-for-bit checks hold)."""
+  from conftest import fast_compile_env
+
   Path(workdir).mkdir(parents=True, exist_ok=True)
-  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache_dir)}
+  env = {**fast_compile_env(), "JAX_COMPILATION_CACHE_DIR": str(cache_dir)}
   return subprocess.Popen([sys.executable, __file__, str(workdir), *map(str, args)], cwd=Path(__file__).parent.parent,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

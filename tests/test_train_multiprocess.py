@@ -11,6 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import FAST_CPU_COMPILE
 
 STEPS = 3
 COMMON = ["--config", "configs/planner_sft.py:tiny", "--num-steps", str(STEPS), "--no-progress",
@@ -28,7 +29,7 @@ def _free_port() -> int:
 def _env():
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = FAST_CPU_COMPILE  # nothing else inherited (no forced device count); both runs compile alike
   return env
 
 
