@@ -46,8 +46,20 @@ def _boxed_init(config: DiTConfig):
 
 
 def init_params(config: DiTConfig, rng: jax.Array) -> dict:
-  """Random params (normal(0.02) kernels, zero biases, unit norms, Wan's scaled-normal tables)."""
+  """Random params as original Wan initialises them (`models/dit.py`: Xavier-uniform kernels, N(0, 0.02) embedding
+  MLPs, zero head and biases, unit norms, scaled-normal modulation tables)."""
   return model_params.init_params(_boxed_init(config), rng)
+
+
+def init_base_stand_in(config: DiTConfig, rng: jax.Array) -> dict:
+  """Random params standing in for a pretrained DiT (the embedded default of `planx generate`, the semantic stages
+  and RL without a checkpoint, tests): `init_params` with the output head drawn from N(0, 0.02) instead of Wan's
+  zeros, which give velocity 0 for any input and no gradient to the layers below (a trained base has neither)."""
+  k_init, k_head = jax.random.split(rng)
+  params = init_params(config, k_init)
+  head = params["head"]
+  kernel = 0.02 * jax.random.normal(k_head, head["kernel"].shape, head["kernel"].dtype)
+  return {**params, "head": {**head, "kernel": kernel}}
 
 
 def abstract_params(config: DiTConfig) -> dict:

@@ -93,3 +93,35 @@ def test_bad_input_is_named(kwargs, message, wan_dit_dir):
   extra = {} if semantic is None else dict(semantic=semantic, semantic_positions=np.zeros((1, 3, 3), np.float32))
   with pytest.raises(ValueError, match=message):
     dit.DiT(config).apply({"params": params}, inputs["latents"], inputs["timestep"], inputs["text"], **extra)
+
+
+def test_random_init_is_original_wans():
+  """`init_params` initialises as original Wan's `init_weights` (what a DiT trained from scratch starts from):
+  Xavier-uniform kernels over the torch layer's fan-in / fan-out (Conv3d flattened), N(0, 0.02) in the text and
+  time embedding MLPs, a zero head, zero biases."""
+  config = dit.DiTConfig.tiny().replace(in_channels=16, out_channels=16, text_dim=32, num_heads=4, head_dim=16,
+                                        ffn_dim=128, num_layers=2, freq_dim=64)
+  params = jax.tree.map(np.asarray, dit.init_params(config, jax.random.key(0)))
+  dim, c = config.dim, config.in_channels
+  xavier = {  # kernel -> (fan_in, fan_out) of the torch layer
+      ("patch_embedding",): (c * 4, dim), ("time_projection",): (dim, 6 * dim),
+      ("blocks", "ffn_1"): (dim, config.ffn_dim), ("blocks", "ffn_2"): (config.ffn_dim, dim),
+      **{("blocks", attn, name): (dim, dim) for attn in ("self_attn", "cross_attn") for name in "qkvo"}}
+  for path, (fan_in, fan_out) in xavier.items():
+    node = params
+    for key in path:
+      node = node[key]
+    kernel = node["kernel"]
+    bound = np.sqrt(6.0 / (fan_in + fan_out))
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound, path
+    np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3.0), rtol=0.05, err_msg=str(path))
+    assert not np.any(node["bias"]), path
+  for mlp in ("text_embedding", "time_embedding"):
+    for layer in ("linear_1", "linear_2"):
+      np.testing.assert_allclose(params[mlp][layer]["kernel"].std(), 0.02, rtol=0.06, err_msg=f"{mlp}.{layer}")
+  assert not np.any(params["head"]["kernel"]) and not np.any(params["head"]["bias"])
+  # The stand-in for a pretrained base differs only in its head, drawn N(0, 0.02) so conditions reach the output.
+  stand_in = jax.tree.map(np.asarray, dit.init_base_stand_in(config, jax.random.key(0)))
+  np.testing.assert_allclose(stand_in["head"]["kernel"].std(), 0.02, rtol=0.1)
+  rest = lambda p: {k: v for k, v in p.items() if k != "head"}
+  assert jax.tree.structure(rest(stand_in)) == jax.tree.structure(rest(params))

@@ -37,10 +37,24 @@ def layer_norm(x: jax.Array, eps: float) -> jax.Array:
   return (x32 - mean) * jax.lax.rsqrt(var + eps)
 
 
-def dense(x, features: int, axes: tuple[str | None, str | None], dtype, param_dtype, name: str):
+# Random init as original Wan's `init_weights`: Xavier-uniform kernels (fan-in / fan-out of the torch Linear, or of
+# the Conv3d flattened), zero biases, N(0, 0.02) in the text / time embedding MLPs (and the semantic one), a zero
+# output head. Pretrained weights replace it; a DiT trained from scratch (the demo) depends on it: Xavier keeps a
+# layer's output scale at any width, N(0, 0.02) only near Wan's (x0.16 per layer at width 64, x1.1 at 3072).
+EMBEDDING_INIT = nn.initializers.normal(0.02)
+ZERO_INIT = nn.initializers.zeros
+
+
+def xavier(in_axis, out_axis):
+  """Xavier-uniform over the kernel axes that are the torch layer's fan-in and fan-out."""
+  return nn.initializers.xavier_uniform(in_axis=in_axis, out_axis=out_axis)
+
+
+def dense(x, features: int, axes: tuple[str | None, str | None], dtype, param_dtype, name: str,
+          kernel_init=xavier(-2, -1)):
   """y = x W + b with a [in, out] kernel (fp32 accumulation, compute dtype); call inside a compact method."""
   return Einsum("...i,io->...o", (x.shape[-1], features), axes, (features,), (axes[1],), dtype=dtype,
-                param_dtype=param_dtype, name=name)(x)
+                param_dtype=param_dtype, kernel_init=kernel_init, name=name)(x)
 
 
 class MLP2(nn.Module):
@@ -54,9 +68,9 @@ class MLP2(nn.Module):
   @nn.compact
   def __call__(self, x):
     act = jax.nn.silu if self.activation == "silu" else (lambda y: jax.nn.gelu(y, approximate=True))
-    h = dense(x, self.features, (None, "embed"), self.dtype, self.param_dtype, "linear_1")
+    h = dense(x, self.features, (None, "embed"), self.dtype, self.param_dtype, "linear_1", EMBEDDING_INIT)
     h = act(h.astype(jnp.float32)).astype(self.dtype)
-    return dense(h, self.features, ("embed", "embed"), self.dtype, self.param_dtype, "linear_2")
+    return dense(h, self.features, ("embed", "embed"), self.dtype, self.param_dtype, "linear_2", EMBEDDING_INIT)
 
 
 def full_width_rms_norm(x, eps: float, dtype, param_dtype, name: str):
@@ -84,7 +98,7 @@ class Attention(nn.Module):
 
     def proj(name):
       return Einsum("bld,dnh->blnh", (dim, n, d), ("embed", "heads", "head_dim"), (n, d), ("heads", "head_dim"),
-                    dtype=dtype, param_dtype=pdtype, name=name)
+                    dtype=dtype, param_dtype=pdtype, kernel_init=xavier(0, (1, 2)), name=name)
 
     def norm(y, name):
       return full_width_rms_norm(y, cfg.eps, dtype, pdtype, name)
@@ -106,7 +120,8 @@ class Attention(nn.Module):
                                   rope_style="interleaved", sem_mask=semantic_mask, impl=cfg.attention_impl)
     b, l = out.shape[:2]
     return Einsum("blf,fd->bld", (n, d, dim), ("heads", "head_dim", "embed"), (dim,), ("embed",), dtype=dtype,
-                  param_dtype=pdtype, einsum_shape=(n * d, dim), name="o")(out.reshape(b, l, n * d))
+                  param_dtype=pdtype, einsum_shape=(n * d, dim), kernel_init=xavier((0, 1), 2),
+                  name="o")(out.reshape(b, l, n * d))
 
 
 class DiTBlock(nn.Module):
@@ -200,14 +215,15 @@ class DiT(nn.Module):
     x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, fg * hg * wg, pt, ph, pw, cfg.in_channels)
     x = Einsum("bltpqc,tpqcd->bld", (pt, ph, pw, cfg.in_channels, cfg.dim),
                (None, None, None, None, "embed"), (cfg.dim,), ("embed",), dtype=dtype, param_dtype=pdtype,
-               name="patch_embedding")(x)  # [B, L, D]
+               kernel_init=xavier((0, 1, 2, 3), 4), name="patch_embedding")(x)  # [B, L, D]
 
     # Time: fp32 sinusoid -> MLP (fp32) -> 6-way projection (fp32), as original Wan; diffusers runs the
     # projection in the model dtype, which only differs from this in bf16.
     t = timestep if timestep.ndim == 2 else timestep[:, None]  # [B, L|1]
     temb = MLP2(cfg.dim, "silu", jnp.float32, pdtype, name="time_embedding")(timestep_embedding(t, cfg.freq_dim))
     modulation = Einsum("bld,dkc->blkc", (cfg.dim, 6, cfg.dim), ("embed", None, "mlp"), (6, cfg.dim), (None, "mlp"),
-                        dtype=jnp.float32, param_dtype=pdtype, name="time_projection")(jax.nn.silu(temb))
+                        dtype=jnp.float32, param_dtype=pdtype, kernel_init=xavier(0, (1, 2)),
+                        name="time_projection")(jax.nn.silu(temb))
     text = MLP2(cfg.dim, "gelu_tanh", dtype, pdtype, name="text_embedding")(text_emb.astype(dtype))  # [B, T, D]
 
     video_rope = tuple(jnp.asarray(a) for a in video_rope_tables(grid, cfg.head_dim, cfg.rope_theta))  # [L, Dh/2]
@@ -240,6 +256,6 @@ class DiT(nn.Module):
     h = (layer_norm(x, cfg.eps) * (1 + scale) + shift).astype(dtype)
     out = Einsum("bld,dtpqc->bltpqc", (cfg.dim, pt, ph, pw, cfg.out_channels), ("embed", None, None, None, None),
                  (pt, ph, pw, cfg.out_channels), (None, None, None, None), dtype=dtype, param_dtype=pdtype,
-                 name="head")(h)  # [B, L, pt, ph, pw, C]
+                 kernel_init=ZERO_INIT, name="head")(h)  # [B, L, pt, ph, pw, C]
     out = out.reshape(b, fg, hg, wg, pt, ph, pw, cfg.out_channels).transpose(0, 1, 4, 2, 5, 3, 6, 7)
     return out.reshape(b, fg * pt, hg * ph, wg * pw, cfg.out_channels)

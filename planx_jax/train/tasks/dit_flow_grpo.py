@@ -83,7 +83,7 @@ class DiTFlowGRPO(Task):
   def init_params(self, rng) -> dict:
     if self.semantic_dim:
       return {"dit": init_dit_with_branch(self.dit_config, rng)}
-    return {"dit": dit_api.init_params(self.dit_config, rng)}
+    return {"dit": dit_api.init_base_stand_in(self.dit_config, rng)}
 
   def param_logical_axes(self) -> dict:
     return {"dit": dit_api.param_logical_axes(self.dit_config)}

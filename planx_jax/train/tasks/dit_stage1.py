@@ -28,8 +28,9 @@ def build_dit_config(config, semantic_in_dim: int) -> DiTConfig:
 
 
 def init_dit_with_branch(dit_config: DiTConfig, rng) -> dict:
-  """Random (jittable) DiT params whose semantic k / v / norm start as copies of the text ones (Plan-X 6.2)."""
-  params = dit_api.init_params(dit_config, rng)
+  """Random (jittable) DiT params standing in for a pretrained base (`dit.init_base_stand_in`), whose semantic
+  k / v / norm start as copies of the text ones (Plan-X 6.2)."""
+  params = dit_api.init_base_stand_in(dit_config, rng)
   blocks = [k for k in params if k == "blocks" or k.startswith("blocks_")]
   for key in blocks:
     cross = dict(params[key]["cross_attn"])
