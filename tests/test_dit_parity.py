@@ -101,7 +101,7 @@ def test_random_init_is_original_wans():
   time embedding MLPs, a zero head, zero biases."""
   config = dit.DiTConfig.tiny().replace(in_channels=16, out_channels=16, text_dim=32, num_heads=4, head_dim=16,
                                         ffn_dim=128, num_layers=2, freq_dim=64)
-  params = jax.tree.map(np.asarray, dit.init_params(config, jax.random.key(0)))
+  params = jax.tree.map(np.asarray, jax.jit(lambda k: dit.init_params(config, k))(jax.random.key(0)))
   dim, c = config.dim, config.in_channels
   xavier = {  # kernel -> (fan_in, fan_out) of the torch layer
       ("patch_embedding",): (c * 4, dim), ("time_projection",): (dim, 6 * dim),
@@ -121,7 +121,7 @@ def test_random_init_is_original_wans():
       np.testing.assert_allclose(params[mlp][layer]["kernel"].std(), 0.02, rtol=0.06, err_msg=f"{mlp}.{layer}")
   assert not np.any(params["head"]["kernel"]) and not np.any(params["head"]["bias"])
   # The stand-in for a pretrained base differs only in its head, drawn N(0, 0.02) so conditions reach the output.
-  stand_in = jax.tree.map(np.asarray, dit.init_base_stand_in(config, jax.random.key(0)))
+  stand_in = jax.tree.map(np.asarray, jax.jit(lambda k: dit.init_base_stand_in(config, k))(jax.random.key(0)))
   np.testing.assert_allclose(stand_in["head"]["kernel"].std(), 0.02, rtol=0.1)
   rest = lambda p: {k: v for k, v in p.items() if k != "head"}
   assert jax.tree.structure(rest(stand_in)) == jax.tree.structure(rest(params))
