@@ -11,6 +11,7 @@ import sys
 from planx_jax.commands import compile as compile_command
 from planx_jax.commands import convert, demo, generate, plan, train
 from planx_jax.commands import eval as eval_command
+from planx_jax.parallel.platforms import skip_absent_tpu
 
 SUBCOMMANDS = {"compile": compile_command, "convert": convert, "demo": demo, "eval": eval_command, "generate": generate,
                "plan": plan, "train": train}
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(name).setLevel(level)
   if not args.verbose:
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save INFO lines
+  skip_absent_tpu()  # before any command starts a JAX backend
   try:
     return args.run(args) or 0
   except (ValueError, FileNotFoundError, FileExistsError) as err:

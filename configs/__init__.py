@@ -1,1 +1,0 @@
-"""ml_collections experiment files; installed as planx_jax.configs."""

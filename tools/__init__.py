@@ -1,1 +1,0 @@
-"""Benchmark and maintenance scripts; installed as planx_jax.tools."""
