@@ -100,3 +100,15 @@ def test_ci_runs_the_readme_test_command():
   test_commands = [c.strip() for c in commands if "pytest" in c]
   assert len(test_commands) == 1, "README has exactly one test set-up command"
   assert test_commands[0] in ci
+
+
+def test_setup_commands_install_against_the_constraints():
+  readme = (ROOT / "README.md").read_text()
+  commands = [c.strip() for c in re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S) if "python3 -m venv .venv" in c]
+  assert len(commands) == 2, "README has exactly two set-up commands"
+  assert all("pip install -c constraints.txt -e " in c for c in commands)
+  pins = [line for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")]
+  assert all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==\S+", line) for line in pins), "constraints.txt holds exact pins"
+  names = {line.split("==")[0].lower() for line in pins}
+  assert {"jax", "jaxlib", "flax", "transformers", "diffusers", "torch", "libtpu", "tokenizers"} <= names
+  assert not any(name.startswith("planx") for name in names)
