@@ -1,5 +1,5 @@
 """Pictures of keyframe plans: each TA-Tok code drawn in the mean colour of the image cells it encodes
-(world.code_colors), next to the keyframes the DiT rendered from the plan. For looking at plans, not for scoring them."""
+(world.code_colors), next to the keyframes the DiT rendered from the plan. For looking at plans, not scoring them."""
 
 import numpy as np
 
