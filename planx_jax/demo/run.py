@@ -23,7 +23,6 @@ from planx_jax.world import conditions, encoders, judge, records, scenes
 
 log = logging.getLogger("planx.demo")
 
-METRICS = ("accuracy", "completeness", "fidelity", "consistency")
 VARIANT_TITLES = {
     "ground_truth": "Ground-truth clips (judge check)",
     "dit_only": "DiT only (text + first frame, SFT, same DiT compute)",
@@ -167,16 +166,16 @@ def benchmark(out: Path, variants: list[str]) -> dict[str, dict[str, float]]:
   table = {}
   for name in variants:
     scores = judge.score_directory(out / "videos" / name)
-    table[name] = {m: float(scores["mean"][m]) for m in METRICS}
+    table[name] = {m: float(scores["mean"][m]) for m in judge.METRICS}
   return table
 
 
 def format_table(table: dict[str, dict[str, float]], num_videos: int) -> str:
   lines = [f"Held-out instructions: {num_videos} (judge: colour segmentation, planx_jax.world.judge)", "",
-           "| Method | " + " | ".join(m.capitalize() for m in METRICS) + " |",
-           "|---|" + "---|" * len(METRICS)]
+           "| Method | " + " | ".join(m.capitalize() for m in judge.METRICS) + " |",
+           "|---|" + "---|" * len(judge.METRICS)]
   for name, row in table.items():
-    lines.append(f"| {VARIANT_TITLES[name]} | " + " | ".join(f"{row[m]:.3f}" for m in METRICS) + " |")
+    lines.append(f"| {VARIANT_TITLES[name]} | " + " | ".join(f"{row[m]:.3f}" for m in judge.METRICS) + " |")
   return "\n".join(lines)
 
 
