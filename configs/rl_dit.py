@@ -11,19 +11,20 @@
 
 import ml_collections
 
-from planx_jax.configs import demo as demo_configs
+from planx_jax.configs.demo import rl_run
 from planx_jax.train.defaults import base_config, set_pod_scale
+from planx_jax.world import settings as world_settings
 
 
 def demo_world(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The demo's DiT and latent layout (pixel codec latents [5, 16, 16, 16], umT5 states [40, 32])."""
   c.dit.preset = "tiny"
-  c.dit.overrides = ml_collections.ConfigDict(demo_configs.DIT)
-  c.codebook_size = demo_configs.CODEBOOK_SIZE
+  c.dit.overrides = ml_collections.ConfigDict(world_settings.DIT)
+  c.codebook_size = world_settings.CODEBOOK_SIZE
   c.video_fps = 8.0
-  c.data.shapes.num_keyframes = demo_configs.NUM_KEYFRAMES
-  c.data.shapes.latent_shape = demo_configs.LATENT_SHAPE
-  c.data.shapes.text_shape = demo_configs.TEXT_SHAPE
+  c.data.shapes.num_keyframes = world_settings.NUM_KEYFRAMES
+  c.data.shapes.latent_shape = world_settings.LATENT_SHAPE
+  c.data.shapes.text_shape = world_settings.TEXT_SHAPE
   c.rl.group_size = 8
   c.rl.num_sampling_steps = 10
   c.rl.train_steps = 2
@@ -34,7 +35,7 @@ def demo_world(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.rl.eps_low = c.rl.eps_high = 1e-3  # Flow-GRPO's Wan setting (log-probs are element means: tiny ratios)
   c.rl.advantage_clip = 5.0
   c.batch_size = 64  # 4 prompts x 8 videos x 2 steps
-  return demo_configs.rl_run(c, steps=20, lr=1e-4, prompts=4)
+  return rl_run(c, steps=20, lr=1e-4, prompts=4)
 
 
 def tempact_executor(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -12,21 +12,22 @@
 
 import ml_collections
 
-from planx_jax.configs import demo as demo_configs
+from planx_jax.configs.demo import rl_run
 from planx_jax.train.defaults import base_config, set_pod_scale
+from planx_jax.world import settings as world_settings
 
 
 def demo_world(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The demo's planner and Plan-X layout (128 codes, 5 keyframes, 1280-token conversations)."""
   c.planner.preset = "tiny"
-  c.planner.overrides = ml_collections.ConfigDict(demo_configs.PLANNER)
-  c.codebook_size = demo_configs.CODEBOOK_SIZE
-  c.data.seq_len = demo_configs.SEQ_LEN
-  c.data.shapes.num_keyframes = demo_configs.NUM_KEYFRAMES
+  c.planner.overrides = ml_collections.ConfigDict(world_settings.PLANNER)
+  c.codebook_size = world_settings.CODEBOOK_SIZE
+  c.data.seq_len = world_settings.SEQ_LEN
+  c.data.shapes.num_keyframes = world_settings.NUM_KEYFRAMES
   c.ce_chunk = 640
   c.rl.group_size = 8
   c.batch_size = 16  # 2 prompts x 8 plans
-  return demo_configs.rl_run(c, steps=50, lr=1e-3, prompts=8)
+  return rl_run(c, steps=50, lr=1e-3, prompts=8)
 
 
 def tempact(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

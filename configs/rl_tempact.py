@@ -9,9 +9,9 @@ Clip ranges, KL and LoRA follow Table 6 at real size (configs/rl_planner.py:1.5b
 keeps the tiny models' larger learning rates and clip ranges, as the standalone demo RL configs do.
 """
 
-from planx_jax.configs import demo as demo_configs
 from planx_jax.configs import rl_dit, rl_planner
 from planx_jax.train.defaults import base_config
+from planx_jax.world import settings as world_settings
 
 
 def get_config(arg=None):
@@ -25,7 +25,7 @@ def get_config(arg=None):
   p.rl.level = "sequence"  # GSPO
   p.rl.advantage_clip = 1.0
   e.rl.advantage_clip = 2.0
-  e.rl.semantic_dim = demo_configs.CODE_DIM  # the stage-1 Plan-X DiT reads TA-Tok codebook vectors
+  e.rl.semantic_dim = world_settings.CODE_DIM  # the stage-1 Plan-X DiT reads TA-Tok codebook vectors
   if preset == "tiny":
     p.rl.group_size, e.rl.group_size, e.rl.train_steps = 2, 2, 1
     c.hierarchy.prompts_per_step = 1

@@ -15,8 +15,8 @@ import pytest
 from conftest import fast_compile_env
 
 from planx_jax.cli import main
-from planx_jax.data import world
 from planx_jax.video_io import read_mp4
+from planx_jax.world import scenes as world
 
 OVERRIDES = [
     "--config.world.num_train=16", "--config.world.num_heldout=3", "--config.tatok.kmeans_frames=16",
@@ -89,9 +89,9 @@ def test_demo_rejects_a_non_demo_config(tmp_path, capsys):
 
 
 def test_dit_stages_train_on_the_noise_levels_the_sampler_visits():
-  """Every DiT stage draws its training noise levels with the shift the demo samples with (configs/demo.py SHIFT);
+  """Every DiT stage draws its training noise levels with the shift the demo samples with (world.settings SHIFT);
   with shift 1 the demo's DiTs almost never trained at the high noise levels sampling starts from."""
-  from planx_jax.configs import demo as demo_configs
+  from planx_jax.demo import settings as demo_configs
 
   demo = demo_configs.demo_config()
   for stage in ("dit_sft", "dit_stage1", "end_to_end"):

@@ -76,3 +76,12 @@ def test_module_entry_points_run_from_the_root():
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "usage" in proc.stdout.lower()
+
+
+def test_config_files_are_found_by_name_from_another_directory(tmp_path):
+  """`--config configs/<name>.py` names the packaged config when no such file is under the working directory,
+  whether or not anything imported `planx_jax.configs` before (a source checkout adds its configs/ on import)."""
+  probe = "from planx_jax.train.config_files import load_config; print(load_config('configs/demo.py').steps.dit_sft)"
+  proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == ["300"]

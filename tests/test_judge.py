@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from planx_jax.commands import eval as eval_command
-from planx_jax.data import world
-from planx_jax.data.world import Episode, Step, WorldObject
-from planx_jax.eval import judge
+from planx_jax.world import judge
+from planx_jax.world import scenes as world
+from planx_jax.world.scenes import Episode, Step, WorldObject
 from planx_jax.video_io import write_mp4
 
 NUM_PER_SPLIT = 10

@@ -10,6 +10,7 @@ import pytest
 
 from planx_jax import rewards
 from planx_jax.rewards import reade, tempact
+from planx_jax.world import rewards as world_rewards
 
 PLAN_JUDGE = {"faithfulness_score": 0.8, "coverage_score": 0.6, "temporal_score": 0.5, "hallucination_score": 0.2}
 VIDEO_JUDGE = {"think": {"frame_evidence": ["frame 1: ok"], "detected_errors": [], "aggregation_logic": "..."},
@@ -312,8 +313,8 @@ def test_builtins_are_registered():
   expected = {"tempact_judge": tempact.judge_reward, "tempact_video": tempact.video_reward,
               "tempact_plan": tempact.plan_reward, "tempact_step": tempact.step_reward,
               "tempact_exec": tempact.exec_reward, "reade_format": reade.format_reward,
-              "reade_content": reade.content_reward, "world_video": rewards.world.video_reward,
-              "world_plan": rewards.world.plan_reward}
+              "reade_content": reade.content_reward, "world_video": world_rewards.video_reward,
+              "world_plan": world_rewards.plan_reward}
   assert set(expected) <= set(rewards.reward_names())
   assert rewards.reward_names() == tuple(sorted(rewards.reward_names()))
   for name, fn in expected.items():

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from planx_jax.data import world
-from planx_jax.data.world import Episode, Step, WorldObject
+from planx_jax.world import scenes as world
+from planx_jax.world.scenes import Episode, Step, WorldObject
 
 NUM_SAMPLED = 200
 

@@ -6,14 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from planx_jax.data import world
-from planx_jax.data.world import Episode, Step, WorldObject
-from planx_jax.demo import pictures
-from planx_jax.eval import judge
-from planx_jax.rewards import world as world_rewards
+from planx_jax.world import code_colors, judge
+from planx_jax.world import rewards as world_rewards
+from planx_jax.world import scenes as world
+from planx_jax.world.scenes import Episode, Step, WorldObject
 
 PLANNED = np.array([4, 8, 12, 16])  # the demo's planned keyframes (keyframe 0 is the given first frame)
-CELL = world.FRAME_SIZE / pictures.GRID  # px per code cell
+CELL = world.FRAME_SIZE / code_colors.GRID  # px per code cell
 TOLERANCE = world_rewards.PLAN_REWARD_CONFIG.position_tolerance * CELL
 
 
@@ -42,24 +41,24 @@ def paint(episode: Episode, centres: np.ndarray, drawn=None) -> np.ndarray:
 
 def mean_colour_plan(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """A perfect tokenizer: one code per distinct (rounded) cell mean colour -> codes [N, 9, 9], code colours."""
-  cells = np.round(pictures.cell_colors(frames)).astype(np.int64)  # [N, 81, 3]
+  cells = np.round(code_colors.cell_colors(frames)).astype(np.int64)  # [N, 81, 3]
   palette, codes = np.unique(cells.reshape(-1, 3), axis=0, return_inverse=True)
-  codes = codes.reshape(len(frames), pictures.GRID, pictures.GRID)
-  return codes, pictures.code_colors(frames, codes.reshape(len(frames), -1), len(palette))
+  codes = codes.reshape(len(frames), code_colors.GRID, code_colors.GRID)
+  return codes, code_colors.code_colors(frames, codes.reshape(len(frames), -1), len(palette))
 
 
 def majority_plan(frames: np.ndarray, episode: Episode) -> tuple[np.ndarray, np.ndarray]:
   """Hard codes: each cell's majority colour among the background and the palette -> codes [N, 9, 9], palette."""
   palette = np.array([world.BACKGROUNDS[episode.background]] + list(world.PALETTE.values()), np.uint8)
   index = np.linalg.norm(frames[..., None, :].astype(np.float64) - palette, axis=-1).argmin(-1)  # [N, H, W]
-  line = np.minimum(np.arange(episode.size) * pictures.GRID // episode.size, pictures.GRID - 1)
-  cell = (line[:, None] * pictures.GRID + line[None, :]).reshape(-1)  # [H * W]
-  codes = np.zeros((len(frames), pictures.GRID ** 2), np.int64)
+  line = np.minimum(np.arange(episode.size) * code_colors.GRID // episode.size, code_colors.GRID - 1)
+  cell = (line[:, None] * code_colors.GRID + line[None, :]).reshape(-1)  # [H * W]
+  codes = np.zeros((len(frames), code_colors.GRID ** 2), np.int64)
   for i in range(len(frames)):
-    votes = np.zeros((pictures.GRID ** 2, len(palette)), np.int64)
+    votes = np.zeros((code_colors.GRID ** 2, len(palette)), np.int64)
     np.add.at(votes, (cell, index[i].reshape(-1)), 1)
     codes[i] = votes.argmax(-1)
-  return codes.reshape(-1, pictures.GRID, pictures.GRID), palette
+  return codes.reshape(-1, code_colors.GRID, code_colors.GRID), palette
 
 
 def plan_reward_of(episode: Episode, frames: np.ndarray) -> dict:

@@ -1,14 +1,14 @@
 """`planx eval DIR`: judge a directory of generated videos (`<name>.mp4` + its `<name>.json` episode) of the world.
 
 Prints a per-video table and the mean accuracy / completeness / fidelity / consistency, optionally writes them as
-JSON. The metrics are defined in `planx_jax.eval.judge`; this module only parses arguments and prints.
+JSON. The metrics are defined in `planx_jax.world.judge`; this module only parses arguments and prints.
 """
 
 import json
 import logging
 from pathlib import Path
 
-from planx_jax.eval import judge
+from planx_jax.world import judge
 
 log = logging.getLogger("planx.eval")
 
@@ -16,7 +16,7 @@ log = logging.getLogger("planx.eval")
 def add_parser(sub) -> None:
   p = sub.add_parser("eval", help="score generated videos of the synthetic world (Plan-X's four metrics)")
   p.add_argument("directory", type=Path,
-                 help="directory of <name>.mp4 videos, each with its episode <name>.json (world.Episode.to_json())")
+                 help="directory of <name>.mp4 videos, each with its episode <name>.json (world.scenes.Episode.to_json())")
   p.add_argument("--out", type=Path, help="write the per-video scores and the means to this JSON file (keep it "
                                           "outside DIR: every .json in DIR is read as an episode)")
   p.set_defaults(run=run)

@@ -1,6 +1,6 @@
 """Rendering held-out instructions with the demo's trained models through the library's inference paths: the
 planner's grammar-constrained KV-cache sampler, the end-to-end semantic read-back, the DiT's flow sampler with the
-given first frame, and the pixel codec. Not training (stages) and not scoring (eval.judge).
+given first frame (world.conditions), and the pixel codec. Not training (stages) and not scoring (world.judge).
 """
 
 import dataclasses
@@ -10,14 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax import tatok
-from planx_jax.data import pixel_codec, world
+from planx_jax.data import pixel_codec
 from planx_jax.data.conversation import build_plan_conversation
-from planx_jax.demo.assets import Encoders, encode_clips
 from planx_jax.sampling import SamplingConfig, sample_plans
 from planx_jax.sampling.dit_sampling import sample_latents
 from planx_jax.sampling.plan_semantics import plan_semantics
 from planx_jax.train.tasks.common import keyframe_positions
+from planx_jax.world import scenes
+from planx_jax.world.conditions import Conditions
+from planx_jax.world.encoders import Encoders
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,27 +29,7 @@ class Planner:
   tokenizer: object
 
 
-@dataclasses.dataclass(frozen=True)
-class Conditions:
-  """What every variant sees for a batch of episodes: the given first frame and the prompt."""
-
-  codes_s0: np.ndarray  # [B, 729] TA-Tok scale-0 codes of frame 0 (the planner's image input)
-  codes_first: np.ndarray  # [B, 81] scale-2 codes of frame 0 (keyframe 0 of a stage-1 plan)
-  fixed_latents: np.ndarray  # [B, F, h, w, C] latents of the ground-truth clip; only frame 0 is used (TI2V)
-  text_emb: np.ndarray  # [B, text_len, 32] umT5 states of the video prompts
-  keys: jax.Array  # [B] noise / sampling keys, one per episode (the same for every variant)
-
-
-def conditions(enc: Encoders, episodes: list[world.Episode], indices: list[int], seed: int) -> Conditions:
-  clips = np.stack([world.render(e) for e in episodes])
-  first_only = np.repeat(clips[:, :1], clips.shape[1], axis=1)  # nothing past frame 0 reaches the models
-  coded = encode_clips(enc, first_only)
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.asarray(indices))
-  return Conditions(coded["codes_s0"], coded["codes_s2"][:, 0], coded["latents"],
-                    enc.text_emb([e.video_prompt for e in episodes]), keys)
-
-
-def plan(planner: Planner, episodes: list[world.Episode], cond: Conditions, num_keyframes: int,
+def plan(planner: Planner, episodes: list[scenes.Episode], cond: Conditions, num_keyframes: int,
          temperature: float) -> tuple[np.ndarray, list]:
   """Samples each episode's plan: codes [B, K-1, 81] and the conversations with the plan spliced in."""
   prompts = [build_plan_conversation(planner.tokenizer, planner.plan_tokens, e.image_description, e.video_prompt,
@@ -63,24 +44,13 @@ def plan(planner: Planner, episodes: list[world.Episode], cond: Conditions, num_
   return codes, full
 
 
-def ground_truth_plan(enc: Encoders, episodes: list[world.Episode]) -> np.ndarray:
-  """[B, K-1, 81]: TA-Tok scale-2 codes of the ground-truth keyframes after frame 0 (what a perfect planner plans)."""
-  return encode_clips(enc, np.stack([world.render(e) for e in episodes]))["codes_s2"][:, 1:]
-
-
 def end_to_end_semantics(planner: Planner, conversations: list) -> np.ndarray:
   """[B, (K-1) * 81, hidden]: the planner's hidden states at its planned codes (the end-to-end DiT's input)."""
   return np.asarray(plan_semantics(planner.config, planner.params, conversations, planner.plan_tokens.endoftext))
 
 
-def codebook_semantics(enc: Encoders, cond: Conditions, codes: np.ndarray) -> np.ndarray:
-  """[B, K * 81, code_dim]: TA-Tok codebook vectors of keyframe 0 (encoded) and the planned keyframes (stage 1)."""
-  plan_codes = np.concatenate([cond.codes_first[:, None], codes], axis=1).reshape(codes.shape[0], -1)
-  return np.asarray(tatok.decode_embeddings(enc.tatok_config, enc.tatok_params, jnp.asarray(plan_codes)))
-
-
 def semantic_positions(dit_config, enc: Encoders, keyframes: list[int]) -> np.ndarray:
-  return keyframe_positions(dit_config, enc.shapes.latent_shape, keyframes, float(world.FPS))
+  return keyframe_positions(dit_config, enc.shapes.latent_shape, keyframes, float(scenes.FPS))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "num_steps", "shift", "guidance_scale", "solver"))

@@ -1,5 +1,5 @@
 """The demo's training runs: each stage is a real experiment (`train.experiment` + `train.loop`) in its own workdir,
-and its trained models are handed to the next stage as planx checkpoints. Not the configs (configs/demo.py).
+and its trained models are handed to the next stage as planx checkpoints. Not the configs (demo.settings).
 
 Re-running resumes: a stage whose workdir already holds its last checkpoint is restored, not retrained.
 """

@@ -50,7 +50,8 @@ def _describe(fn: Callable) -> str:
 
 
 def _register_builtins() -> None:
-  from planx_jax.rewards import reade, tempact, world
+  from planx_jax.rewards import reade, tempact
+  from planx_jax.world import rewards as world
 
   builtins = {
       "tempact_judge": tempact.judge_reward, "tempact_video": tempact.video_reward,

@@ -76,18 +76,18 @@ def build_environment(config, task):
   env = config.env
   if env.kind != "world":
     raise ValueError(f"env.kind must be 'world' (the demo world's verifiable rewards), got {env.kind!r}")
-  from planx_jax.configs import demo as demo_configs
-  from planx_jax.rl.world_env import WorldEnvironment
+  from planx_jax.world.environment import WorldEnvironment
+  from planx_jax.world.settings import world_config
 
-  demo = demo_configs.demo_config()
+  settings = world_config()
   for field in ("kmeans_frames", "kmeans_iters"):
     if int(env[field]):
-      demo.tatok[field] = int(env[field])
+      settings.tatok[field] = int(env[field])
   kwargs = {}
   if config.stage == "planner_grpo":
     tokenizer, plan_tokens = planner_tokenizer(config)
     kwargs = dict(tokenizer=tokenizer, plan_tokens=plan_tokens, num_keyframes=int(config.data.shapes.num_keyframes))
-  return WorldEnvironment(env, demo, **kwargs)
+  return WorldEnvironment(env, settings, **kwargs)
 
 
 class RLExperiment(Experiment):

@@ -3,6 +3,7 @@ ml_collections.ConfigDict, plus `--config.a.b=value` overrides. Unknown keys are
 stage (see `experiment.py`)."""
 
 import ast
+import importlib
 import importlib.util
 import os
 from pathlib import Path
@@ -19,8 +20,8 @@ def _config_path(path: str) -> Path:
   if candidate.is_file():
     return candidate
   if candidate.parent.name == "configs":
-    spec = importlib.util.find_spec("planx_jax.configs")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
+    # The package's __path__ as its __init__ leaves it: a source checkout's top-level configs/ is added there.
+    for folder in importlib.import_module("planx_jax.configs").__path__:
       packaged = Path(folder) / candidate.name
       if packaged.is_file():
         return packaged

@@ -3,7 +3,7 @@ verifiable rewards from the colour-segmentation judge, so RL post-training is me
 rollouts or the losses.
 
 The encoders (TA-Tok with its k-means codebook, umT5, the pixel codec) are rebuilt exactly as `planx demo` builds
-them from `configs/demo.py`, so a policy trained by the demo reads the same codes and latents.
+them from the world's settings (world.settings), so a policy trained by the demo reads the same codes and latents.
 """
 
 import logging
@@ -11,15 +11,16 @@ import logging
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax.configs import demo as demo_configs
-from planx_jax.data import pixel_codec, world
+from planx_jax.data import pixel_codec
 from planx_jax.data.conversation import PLAN_FRAME_CODES, build_plan_conversation
-from planx_jax.demo import assets, generation
 from planx_jax.rewards import registry
+from planx_jax.world import conditions as world_conditions
+from planx_jax.world import scenes
+from planx_jax.world.code_colors import GRID
+from planx_jax.world.encoders import build_encoders
+from planx_jax.world.settings import world_config
 
 log = logging.getLogger("planx.rl")
-
-GRID = 9  # a planned keyframe is 9 x 9 TA-Tok scale-2 codes
 
 
 class WorldEnvironment:
@@ -28,36 +29,36 @@ class WorldEnvironment:
   `fn(plan_codes [K-1, 9, 9], code_colors=, episode=, keyframe_frames=)`, a video reward as `fn(frames [T, H, W, 3]
   uint8, episode=)`; both return a dict with a float "reward"."""
 
-  def __init__(self, env, demo=None, *, tokenizer=None, plan_tokens=None, num_keyframes: int | None = None):
-    demo = demo or demo_configs.demo_config()
-    self.demo = demo
+  def __init__(self, env, settings=None, *, tokenizer=None, plan_tokens=None, num_keyframes: int | None = None):
+    settings = settings or world_config()
+    self.settings = settings
     self.split = str(env.split)
-    if self.split not in world.SPLITS:
-      raise ValueError(f"env.split must be one of {world.SPLITS}, got {self.split!r}")
+    if self.split not in scenes.SPLITS:
+      raise ValueError(f"env.split must be one of {scenes.SPLITS}, got {self.split!r}")
     self.num_prompts = int(env.num_prompts)
     if self.num_prompts < 1:
       raise ValueError(f"env.num_prompts must be >= 1, got {self.num_prompts}")
     self.seed = int(env.seed)
-    self.episodes = world.WorldSource(int(demo.world.seed), self.split, self.num_prompts)
-    train = list(world.WorldSource(int(demo.world.seed), "train", int(demo.world.num_train)))
+    self.episodes = scenes.WorldSource(int(settings.world.seed), self.split, self.num_prompts)
+    train = list(scenes.WorldSource(int(settings.world.seed), "train", int(settings.world.num_train)))
     log.info("world env: building the demo's encoders (TA-Tok k-means, umT5, pixel codec)")
-    self.enc = assets.build_encoders(demo, train)
+    self.enc = build_encoders(settings, train)
     self.tokenizer, self.plan_tokens = tokenizer, plan_tokens
     k = len(self.enc.keyframes) if num_keyframes is None else int(num_keyframes)
     if k != len(self.enc.keyframes):
       raise ValueError(f"the world's clips have {len(self.enc.keyframes)} keyframes, the config says {k}")
     self.num_keyframes = k
 
-  def episode(self, index: int) -> world.Episode:
+  def episode(self, index: int) -> scenes.Episode:
     return self.episodes[int(index) % self.num_prompts]
 
-  def conditions(self, indices) -> generation.Conditions:
+  def conditions(self, indices) -> world_conditions.Conditions:
     """First-frame codes / latents and umT5 text states of the prompts (nothing past frame 0 is seen)."""
     indices = [int(i) % self.num_prompts for i in indices]
-    return generation.conditions(self.enc, [self.episodes[i] for i in indices], indices, self.seed)
+    return world_conditions.conditions(self.enc, [self.episodes[i] for i in indices], indices, self.seed)
 
   # --- the planner ------------------------------------------------------------------------------------------
-  def plan_prompts(self, indices, cond: generation.Conditions) -> list:
+  def plan_prompts(self, indices, cond: world_conditions.Conditions) -> list:
     """The generation prompts (PlanConversation, up to the assistant turn) of the prompts."""
     return [self.plan_conversation(i, cond.codes_s0[j], None) for j, i in enumerate(indices)]
 
@@ -75,10 +76,10 @@ class WorldEnvironment:
     return np.asarray([_reward(name, fn(codes[j], code_colors=self.enc.code_rgb, episode=self.episode(i),
                                         keyframe_frames=frames)) for j, i in enumerate(indices)], np.float32)
 
-  def codebook_semantics(self, cond: generation.Conditions, codes) -> np.ndarray:
+  def codebook_semantics(self, cond: world_conditions.Conditions, codes) -> np.ndarray:
     """[B, K * 81, code_dim]: TA-Tok codebook vectors of keyframe 0 and the planned keyframes (a stage-1 DiT's
     semantic tokens)."""
-    return generation.codebook_semantics(self.enc, cond, np.asarray(codes).reshape(-1, self.num_keyframes - 1,
+    return world_conditions.codebook_semantics(self.enc, cond, np.asarray(codes).reshape(-1, self.num_keyframes - 1,
                                                                                     PLAN_FRAME_CODES))
 
   # --- the DiT ----------------------------------------------------------------------------------------------

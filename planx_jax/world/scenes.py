@@ -1,7 +1,7 @@
 """The synthetic video world of `planx demo`: coloured shapes on a plain background following multi-step instructions.
 
 Episodes are sampled deterministically from (seed, index, split) and carry their ground-truth trajectories, captions
-(Plan-X's image description + video prompt) and renders. Pure numpy; no model code and no judging (see planx_jax.eval).
+(Plan-X's image description + video prompt) and renders. Pure numpy; no model code and no judging (see world.judge).
 """
 
 import dataclasses

@@ -1,6 +1,6 @@
 """The verifiable judge of the synthetic world: colour-segment generated frames and score Plan-X's four metrics.
 
-Scores one video against its `world.Episode` (or a directory of `<name>.mp4` + `<name>.json`); no model code.
+Scores one video against its `scenes.Episode` (or a directory of `<name>.mp4` + `<name>.json`); no model code.
 
 Detection: every pixel goes to the nearest of {background} and the six PALETTE colours if its RGB distance is below
 COLOR_DISTANCE (palette colours also need MIN_SATURATION = max - min channel), else to nothing. Per scene object and
@@ -8,7 +8,7 @@ frame: area (its pixels), components (pieces of >= MIN_COMPONENT_AREA px; pieces
 piece, which bridges the seams of MP4 chroma subsampling) and centre (centroid of those pieces; NaN below
 MIN_OBJECT_AREA px); extra_area counts pixels of palette colours absent from the scene.
 
-Metrics (each in [0, 1]; step windows from `world.step_windows`, centres c(t), window [a, b]):
+Metrics (each in [0, 1]; step windows from `scenes.step_windows`, centres c(t), window [a, b]):
 - motion of an object in a window: max over t in [a, b] of |c(t) - c(a)|; it "moved" if > MOTION_THRESHOLD;
   an object missing (NaN centre) somewhere in the window has unknown motion.
 - movement correct: a move needs c(b) - c(a) along the instructed direction >= 0.5 MOVE and its orthogonal part
@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from planx_jax.data import world
+from planx_jax.world import scenes
 
 COLOR_DISTANCE = 90.0
 MIN_SATURATION = 60
 MIN_COMPONENT_AREA = 6
 MIN_OBJECT_AREA = 12
-MOTION_THRESHOLD = 0.4 * world.MOVE
-OUTCOME_TOL = 0.5 * world.MOVE
+MOTION_THRESHOLD = 0.4 * scenes.MOVE
+OUTCOME_TOL = 0.5 * scenes.MOVE
 AREA_RANGE = (0.5, 2.0)
 EXTRA_AREA_TOL = 20
 METRICS = ("accuracy", "completeness", "fidelity", "consistency")
@@ -93,7 +93,7 @@ def detect(frames, colors, background) -> Detections:
   """Segments frames [T, H, W, 3] uint8 by colour; `colors` are the scene objects' RGB in order."""
   frames = _check_frames(frames)
   colors = [tuple(int(v) for v in c) for c in colors]
-  others = [c for c in world.PALETTE.values() if c not in colors]
+  others = [c for c in scenes.PALETTE.values() if c not in colors]
   candidates = np.array([tuple(background)] + colors + others, np.float32)  # [K, 3]
   saturated = np.arange(len(candidates)) > 0
   assigned = assign_colors(frames, candidates, saturated)  # [T, H, W]
@@ -129,23 +129,23 @@ def movement_correct(path: np.ndarray, action: str) -> bool:
   shift = path[-1] - path[0]
   if action == "jumps":
     rise = float((path[0, 0] - path[:, 0]).max())
-    return rise >= 0.5 * world.JUMP and float(np.linalg.norm(shift)) <= 0.5 * world.JUMP
-  direction = np.array(world.DIRECTIONS[action])
+    return rise >= 0.5 * scenes.JUMP and float(np.linalg.norm(shift)) <= 0.5 * scenes.JUMP
+  direction = np.array(scenes.DIRECTIONS[action])
   along = float(shift @ direction)
   orthogonal = abs(float(shift[0] * direction[1] - shift[1] * direction[0]))
-  return along >= 0.5 * world.MOVE and orthogonal < along
+  return along >= 0.5 * scenes.MOVE and orthogonal < along
 
 
-def score_video(frames, episode: world.Episode) -> dict:
+def score_video(frames, episode: scenes.Episode) -> dict:
   """Judges frames [T, H, W, 3] uint8 against the episode -> the four metrics and per-step details."""
   frames = _check_frames(frames)
   expected = (episode.num_frames, episode.size, episode.size)
   if frames.shape[:3] != expected:
     raise ValueError(f"video has {list(frames.shape[:3])} [T, H, W]; the episode expects {list(expected)}")
-  det = detect(frames, [world.PALETTE[o.color] for o in episode.objects], world.BACKGROUNDS[episode.background])
-  truth = world.trajectories(episode)  # [T, n, 2]
+  det = detect(frames, [scenes.PALETTE[o.color] for o in episode.objects], scenes.BACKGROUNDS[episode.background])
+  truth = scenes.trajectories(episode)  # [T, n, 2]
   steps, observed, instructed = [], 0, 0
-  for step, (a, b) in zip(episode.steps, world.step_windows(len(episode.steps), episode.num_frames)):
+  for step, (a, b) in zip(episode.steps, scenes.step_windows(len(episode.steps), episode.num_frames)):
     motion = np.array([_motion(det.centre[a:b + 1, o]) for o in range(len(episode.objects))])
     own = motion[step.obj]
     others = np.delete(motion, step.obj)
@@ -158,7 +158,7 @@ def score_video(frames, episode: world.Episode) -> dict:
                   "motion": [None if np.isnan(m) else round(float(m), 3) for m in motion],
                   "largest": largest, "movement": movement_correct(det.centre[a:b + 1, step.obj], step.action),
                   "outcome": bool(end_error <= OUTCOME_TOL), "end_error": None if np.isnan(end_error) else end_error})
-  reference = np.array([world.shape_mask(o.shape, o.start, episode.size).sum() for o in episode.objects])  # [n]
+  reference = np.array([scenes.shape_mask(o.shape, o.start, episode.size).sum() for o in episode.objects])  # [n]
   sized = (det.area >= AREA_RANGE[0] * reference) & (det.area <= AREA_RANGE[1] * reference)  # [T, n]
   consistent = ((det.components == 1) & sized).all(-1) & (det.extra_area <= EXTRA_AREA_TOL)  # [T]
   return {
@@ -190,7 +190,7 @@ def score_directory(path) -> dict:
                      f"{[episodes[n].name for n in lonely]}")
   scores = {}
   for name in sorted(videos):
-    episode = world.Episode.from_json(json.loads(episodes[name].read_text()))
+    episode = scenes.Episode.from_json(json.loads(episodes[name].read_text()))
     frames, _ = read_mp4(videos[name])
     try:
       scores[name] = score_video(frames, episode)

@@ -1,29 +1,27 @@
-"""The demo's frozen encoders and its training records: a tiny TA-Tok (random SigLIP tower, k-means codebook), a
-tiny random umT5, the pixel codec, and world episodes encoded into Plan-X records written as a TFDS dataset.
+"""The demo world's frozen encoders: a tiny TA-Tok (random SigLIP tower, k-means codebook), a tiny random umT5 and
+the pixel codec, built from the world's training frames, and clips encoded through them (codes and latents).
 
-Not training and not generation (see `stages`, `generation`). The encoders are the library's real TA-Tok / umT5
-code paths at tiny size; only their weights are demo choices (documented on `build_tatok`).
+Not the records (world.records) and not generation. The encoders are the library's real TA-Tok / umT5 code paths at
+tiny size; only their weights are the world's choices (documented on `build_tatok`).
 """
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from planx_jax import t5, tatok
-from planx_jax.data import pixel_codec, world
+from planx_jax.data import pixel_codec
 from planx_jax.data.keyframes import keyframe_indices
 from planx_jax.data.records import RecordShapes
-from planx_jax.data.tfds_builder import build_dataset
 from planx_jax.data.tokenizer import build_tiny_tokenizer
-from planx_jax.demo import pictures
 from planx_jax.models import tatok as tatok_model
 from planx_jax.models.t5_config import T5Config
 from planx_jax.models.tatok_config import TATokConfig
+from planx_jax.world import scenes
+from planx_jax.world.code_colors import code_colors
 
 log = logging.getLogger("planx.demo")
 
@@ -43,7 +41,7 @@ class Encoders:
 
   @property
   def keyframes(self) -> np.ndarray:
-    return keyframe_indices(world.NUM_FRAMES, world.FPS)  # [K]: 0, 4, 8, 12, 16
+    return keyframe_indices(scenes.NUM_FRAMES, scenes.FPS)  # [K]: 0, 4, 8, 12, 16
 
   def text_emb(self, prompts: list[str]) -> np.ndarray:
     """umT5 states [B, text_len, 32] of the video prompts (zero rows past each prompt)."""
@@ -110,28 +108,29 @@ def build_tatok(codebook_size: int, code_dim: int, select_layer: int, frames: np
   return config, params
 
 
-def build_encoders(demo, train_episodes: list[world.Episode]) -> Encoders:
-  """TA-Tok fit on `demo.tatok.kmeans_frames` training frames, umT5 and the codec (normalised on the same frames)."""
-  rng = np.random.default_rng(demo.seed)
-  picks = rng.choice(len(train_episodes), size=min(len(train_episodes), int(demo.tatok.kmeans_frames)),
+def build_encoders(settings, train_episodes: list[scenes.Episode]) -> Encoders:
+  """TA-Tok fit on `settings.tatok.kmeans_frames` training frames, umT5 and the codec (normalised on the same
+  frames); `settings` is a world config (`world.settings.world_config()`, or the demo's config that extends it)."""
+  rng = np.random.default_rng(settings.seed)
+  picks = rng.choice(len(train_episodes), size=min(len(train_episodes), int(settings.tatok.kmeans_frames)),
                      replace=False)
-  clips = np.stack([world.render(train_episodes[int(i)]) for i in picks])  # [N, T, H, W, 3]
-  frames = clips[np.arange(len(clips)), rng.integers(0, world.NUM_FRAMES, len(clips))]  # one frame per clip
-  log.info("TA-Tok: k-means of %d codes on %d training frames", demo.tatok.codebook_size, len(frames))
-  tatok_config, tatok_params = build_tatok(int(demo.tatok.codebook_size), int(demo.tatok.code_dim),
-                                           int(demo.tatok.select_layer), frames,
-                                           int(demo.tatok.kmeans_iters), int(demo.seed))
+  clips = np.stack([scenes.render(train_episodes[int(i)]) for i in picks])  # [N, T, H, W, 3]
+  frames = clips[np.arange(len(clips)), rng.integers(0, scenes.NUM_FRAMES, len(clips))]  # one frame per clip
+  log.info("TA-Tok: k-means of %d codes on %d training frames", settings.tatok.codebook_size, len(frames))
+  tatok_config, tatok_params = build_tatok(int(settings.tatok.codebook_size), int(settings.tatok.code_dim),
+                                           int(settings.tatok.select_layer), frames,
+                                           int(settings.tatok.kmeans_iters), int(settings.seed))
   tokenizer = build_tiny_tokenizer()
-  t5_config = T5Config.tiny(vocab_size=len(tokenizer), text_len=int(demo.text_len))
-  t5_params = jax.tree.map(np.asarray, t5.init_params(t5_config, jax.random.key(demo.seed + 1)))
-  codec = pixel_codec.PixelCodec(spatial=int(demo.codec.spatial), temporal=int(demo.codec.temporal),
-                                 delta=bool(demo.codec.delta))
-  codec = pixel_codec.fit(codec, clips.astype(np.float32) / 127.5 - 1.0, channels=int(demo.codec.channels))
+  t5_config = T5Config.tiny(vocab_size=len(tokenizer), text_len=int(settings.text_len))
+  t5_params = jax.tree.map(np.asarray, t5.init_params(t5_config, jax.random.key(settings.seed + 1)))
+  codec = pixel_codec.PixelCodec(spatial=int(settings.codec.spatial), temporal=int(settings.codec.temporal),
+                                 delta=bool(settings.codec.delta))
+  codec = pixel_codec.fit(codec, clips.astype(np.float32) / 127.5 - 1.0, channels=int(settings.codec.channels))
   codebook = tatok.codebook_vectors(tatok_config, tatok_params)
   cell_codes = tatok.encode(tatok_config, tatok_params, jnp.asarray(frames, jnp.float32) / 255.0, 2, codebook=codebook)
-  code_rgb = pictures.code_colors(frames, np.asarray(cell_codes), tatok_config.codebook_size)
-  shapes = RecordShapes(num_keyframes=len(keyframe_indices(world.NUM_FRAMES, world.FPS)),
-                        latent_shape=codec.latent_shape(world.NUM_FRAMES, world.FRAME_SIZE, world.FRAME_SIZE),
+  code_rgb = code_colors(frames, np.asarray(cell_codes), tatok_config.codebook_size)
+  shapes = RecordShapes(num_keyframes=len(keyframe_indices(scenes.NUM_FRAMES, scenes.FPS)),
+                        latent_shape=codec.latent_shape(scenes.NUM_FRAMES, scenes.FRAME_SIZE, scenes.FRAME_SIZE),
                         text_shape=(t5_config.text_len, t5_config.d_model))
   return Encoders(tatok_config, tatok_params, t5_config, t5_params, tokenizer, codec, shapes, code_rgb)
 
@@ -147,24 +146,3 @@ def encode_clips(enc: Encoders, clips: np.ndarray) -> dict[str, np.ndarray]:
   latents = pixel_codec.encode(enc.codec, images * 2.0 - 1.0)
   return {"codes_s0": np.asarray(codes_s0, np.int32), "codes_s2": np.asarray(codes_s2, np.int32).reshape(b, -1, 81),
           "latents": np.asarray(latents, np.float32)}
-
-
-def episode_records(enc: Encoders, episodes: list[world.Episode], chunk: int = 64, progress: bool = True
-                    ) -> list[dict]:
-  """Plan-X training records of world episodes (every clip has its first frame: the demo is I2V)."""
-  records = []
-  for start in tqdm.trange(0, len(episodes), chunk, desc="encoding clips", disable=not progress, leave=False):
-    part = episodes[start:start + chunk]
-    coded = encode_clips(enc, np.stack([world.render(e) for e in part]))
-    text = enc.text_emb([e.video_prompt for e in part])
-    for i, e in enumerate(part):
-      records.append({"image_description": e.image_description, "video_prompt": e.video_prompt,
-                      "codes_s0": coded["codes_s0"][i], "has_first_frame": np.bool_(True),
-                      "codes_s2": coded["codes_s2"][i], "latents": coded["latents"][i], "text_emb": text[i]})
-  return records
-
-
-def write_records(enc: Encoders, episodes: list[world.Episode], out_dir: Path, progress: bool = True) -> Path:
-  records = episode_records(enc, episodes, progress=progress)
-  return build_dataset(out_dir, shapes=enc.shapes, codebook_size=enc.tatok_config.codebook_size, records=records,
-                       overwrite=True)

@@ -1,12 +1,11 @@
 """Verifiable rewards on the synthetic world of `planx demo`: a generated video scored by the colour judge, and a
 semantic plan (the planner's keyframe codes) scored against the episode's ground-truth object positions.
 
-Pure numpy, so RL is measurable on CPU; not the judge itself (planx_jax.eval.judge) and not the world
-(planx_jax.data.world).
+Pure numpy, so RL is measurable on CPU; not the judge itself (world.judge) and not the scenes (world.scenes).
 
 Plan reward. Each planned keyframe is drawn as a g x g picture, every cell in its code's colour (`code_colors`: the
-mean RGB of the image cells each code encodes, as `demo.pictures.code_colors` computes it), the cells laid over the
-frame as `demo.pictures.cell_colors` lays them (pixel row r is in cell row r * g // size). A cell colour c is
+mean RGB of the image cells each code encodes, as `world.code_colors.code_colors` computes it), the cells laid over
+the frame as `world.code_colors.cell_colors` lays them (pixel row r is in cell row r * g // size). A cell colour c is
 read as a blend of the background b and one scene object's colour o: its share f = clip((c - b).(o - b) /
 |o - b|^2, 0, 1), and the cell goes to the object whose blend line b + f (o - b) is nearest to c, if that distance
 is below `color_tolerance` (cells of other colours, and cells mixing two objects, go to no object). Per object and
@@ -15,7 +14,7 @@ pixel centroids. Credit = presence x position:
 - presence: mass / (the object's rendered area) within `area_range` scores 1, below it the ratio / low end, above
   it high end / ratio (0 when nothing is found);
 - position: exp(-max(0, e - tolerance) / scale) for the error e between the found centre and the ground truth
-  (`world.trajectories` at the keyframe's frame), tolerance and scale in cells (size / g px).
+  (`scenes.trajectories` at the keyframe's frame), tolerance and scale in cells (size / g px).
 The reward is the weighted mean credit over keyframes and objects, instructed objects (those of any step) weighted
 `instructed_weight`, the others `other_weight`: 1.0 at most, reached when every object is found with its area at
 its place. A plan made from the ground-truth frames with mean-colour codes scores 1.0 (errors stay under a pixel);
@@ -29,8 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from planx_jax.data import world
-from planx_jax.eval import judge
+from planx_jax.world import judge, scenes
 
 
 def _nonnegative(value) -> bool:
@@ -83,7 +81,7 @@ VIDEO_REWARD_WEIGHTS = VideoRewardWeights()
 PLAN_REWARD_CONFIG = PlanRewardConfig()
 
 
-def video_reward(frames, episode: world.Episode, weights: VideoRewardWeights = VIDEO_REWARD_WEIGHTS) -> dict:
+def video_reward(frames, episode: scenes.Episode, weights: VideoRewardWeights = VIDEO_REWARD_WEIGHTS) -> dict:
   """Frames [T, H, W, 3] uint8 of the episode -> {"reward": weighted mean of the four metrics, and the four}."""
   scores = judge.score_video(frames, episode)
   parts = {m: float(scores[m]) for m in judge.METRICS}
@@ -91,7 +89,7 @@ def video_reward(frames, episode: world.Episode, weights: VideoRewardWeights = V
   return {"reward": sum(getattr(weights, m) * parts[m] for m in judge.METRICS) / total, **parts}
 
 
-def plan_reward(plan_codes, code_colors, episode: world.Episode, keyframe_frames: Sequence[int],
+def plan_reward(plan_codes, code_colors, episode: scenes.Episode, keyframe_frames: Sequence[int],
                 config: PlanRewardConfig = PLAN_REWARD_CONFIG) -> dict:
   """Scores a semantic plan against the episode (module docstring).
 
@@ -109,8 +107,8 @@ def plan_reward(plan_codes, code_colors, episode: world.Episode, keyframe_frames
   k, g = codes.shape[0], codes.shape[1]
   cell = episode.size / g  # px per cell
   mass, centre = _find_objects(colors[codes].astype(np.float64), episode, config.color_tolerance)  # [K, n], [K, n, 2]
-  truth = world.trajectories(episode)[frames]  # [K, n, 2]
-  areas = np.array([world.shape_mask(o.shape, o.start, episode.size).sum() for o in episode.objects], np.float64)
+  truth = scenes.trajectories(episode)[frames]  # [K, n, 2]
+  areas = np.array([scenes.shape_mask(o.shape, o.start, episode.size).sum() for o in episode.objects], np.float64)
   ratio = mass / areas  # [K, n]
   low, high = config.area_range
   with np.errstate(divide="ignore"):
@@ -127,14 +125,14 @@ def plan_reward(plan_codes, code_colors, episode: world.Episode, keyframe_frames
   return {"reward": reward, "credit": credit, "presence": presence, "position_error": error}
 
 
-def _find_objects(grid: np.ndarray, episode: world.Episode, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+def _find_objects(grid: np.ndarray, episode: scenes.Episode, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
   """grid [K, g, g, 3] cell colours -> found mass [K, n] (px) and centre [K, n, 2] (row, col px; NaN if no mass)."""
   g = grid.shape[1]
   line = np.minimum(np.arange(episode.size) * g // episode.size, g - 1)  # [size]: cell of each pixel row / column
   pixels = np.bincount(line, minlength=g).astype(np.float64)  # [g]
   centroid = np.bincount(line, weights=np.arange(episode.size, dtype=np.float64), minlength=g) / pixels  # [g]
-  background = np.array(world.BACKGROUNDS[episode.background], np.float64)
-  direction = np.array([world.PALETTE[o.color] for o in episode.objects], np.float64) - background  # [n, 3]
+  background = np.array(scenes.BACKGROUNDS[episode.background], np.float64)
+  direction = np.array([scenes.PALETTE[o.color] for o in episode.objects], np.float64) - background  # [n, 3]
   offset = grid - background  # [K, g, g, 3]
   share = np.clip(np.einsum("kijc,nc->kijn", offset, direction) / (direction ** 2).sum(-1), 0.0, 1.0)
   distance = np.linalg.norm(offset[..., None, :] - share[..., None] * direction, axis=-1)  # [K, g, g, n]

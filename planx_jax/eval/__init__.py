@@ -1,1 +1,0 @@
-"""Evaluation of generated videos: the verifiable judge of the synthetic world (`planx eval`); no model code."""
