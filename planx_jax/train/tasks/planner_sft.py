@@ -31,7 +31,7 @@ def build_planner_config(config) -> PlannerConfig:
 def load_planner(config, planner_config: PlannerConfig) -> dict:
   """Host params from `planner.checkpoint` (a planx planner checkpoint), checked against the run's config."""
   def load(path):
-    loaded_config, params, _, _ = planner_api.load_checkpoint(path, scan_layers=planner_config.scan_layers)
+    loaded_config, params, _ = planner_api.load_checkpoint(path, scan_layers=planner_config.scan_layers)
     return loaded_config, params
 
   return common.read_checkpoint("planner", config.planner.checkpoint, load, planner_config,
