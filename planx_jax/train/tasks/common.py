@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax import dit as dit_api
+from planx_jax import dit
 from planx_jax.losses import flow as flow_lib
 from planx_jax.losses.lm import chunked_masked_nll, next_token_targets
 from planx_jax.models.dit import DiT
@@ -142,8 +142,8 @@ def mean_flow_loss(per_example, dropped, normalizers) -> tuple[jax.Array, dict]:
 
 def export_dit(dit_config: DiTConfig, params, directory) -> None:
   """The DiT as a diffusers directory `dit_diffusers/` (with semantic_branch.* when it has the branch)."""
-  dit_api.save_diffusers(dit_config, jax.tree.map(np.asarray, params), os.path.join(directory, "dit_diffusers"),
-                         overwrite=True)
+  dit.save_diffusers(dit_config, jax.tree.map(np.asarray, params), os.path.join(directory, "dit_diffusers"),
+                     overwrite=True)
 
 
 # --- FLOP estimates -----------------------------------------------------------------------------------------
