@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from planx_jax.checks import is_concrete
 from planx_jax.convert.siglip import load_siglip_hf, save_siglip_hf
 from planx_jax.convert.tatok_tar import load_tar, save_tar
 from planx_jax.data.keyframes import keyframe_indices, select_keyframes
@@ -33,10 +34,6 @@ __all__ = [
 log = logging.getLogger("planx.tatok")
 
 
-def _is_concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
-
-
 def _check_images(config: TATokConfig, images) -> None:
   shape = getattr(images, "shape", None)
   if shape is None or len(shape) != 4 or shape[-1] != 3:
@@ -45,7 +42,7 @@ def _check_images(config: TATokConfig, images) -> None:
     raise ValueError(f"images have an empty axis: shape {shape}")
   if not jnp.issubdtype(images.dtype, jnp.floating):
     raise ValueError(f"images must be floats in [0, 1], got dtype {images.dtype} (divide uint8 pixels by 255)")
-  if _is_concrete(images):
+  if is_concrete(images):
     # Comparisons, not min/max: XLA:CPU's vectorised min/max can skip NaNs.
     if bool(jnp.any(~((images >= 0.0) & (images <= 1.0)))):
       finite = bool(jnp.all(jnp.isfinite(images)))
@@ -59,7 +56,7 @@ def _check_codes(config: TATokConfig, codes) -> None:
     raise ValueError(f"codes must be [B, N] integers, got shape {shape}")
   if not jnp.issubdtype(codes.dtype, jnp.integer):
     raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
-  if _is_concrete(codes) and codes.size:
+  if is_concrete(codes) and codes.size:
     lo, hi = int(jnp.min(codes)), int(jnp.max(codes))
     if lo < 0 or hi >= config.codebook_size:
       raise ValueError(f"codes must lie in [0, {config.codebook_size}), got range [{lo}, {hi}]")

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from planx_jax.checks import f32
 from planx_jax.losses.flow import NUM_TRAIN_TIMESTEPS
 
 UNIPC_ORDER = 2  # Wan's UniPC order, the only one implemented
@@ -85,8 +86,8 @@ def euler_step(x, v, sigma, sigma_next) -> jax.Array:
 
   x, v: latents and predicted velocity of one shape; sigma, sigma_next: scalars (or broadcastable arrays).
   """
-  x, v = _f32(x), _f32(v)
-  return x + (_f32(sigma_next) - _f32(sigma)) * v
+  x, v = f32(x), f32(v)
+  return x + (f32(sigma_next) - f32(sigma)) * v
 
 
 # --- UniPC (order 2, bh2, predicting x0, lower order on the last step) ----------------------------------------
@@ -201,10 +202,10 @@ def unipc_step(state: UniPCState, v, sample, coeffs: UniPCCoefficients) -> tuple
   if jnp.shape(v) != jnp.shape(sample) or jnp.shape(state.x0_prev) != jnp.shape(sample):
     raise ValueError(f"v {jnp.shape(v)}, sample {jnp.shape(sample)} and the state's latents "
                      f"{jnp.shape(state.x0_prev)} must have one shape")
-  c = UniPCCoefficients(*(_f32(a) for a in coeffs))
+  c = UniPCCoefficients(*(f32(a) for a in coeffs))
   num_steps = c.sigma.shape[0]
   i = state.step
-  sample, v = _f32(sample), _f32(v)
+  sample, v = f32(sample), f32(v)
   x0 = sample - c.sigma[i] * v
 
   corrected = jax.lax.cond(state.last_order > 0, lambda: _unic(state, x0, c), lambda: sample)
@@ -224,7 +225,3 @@ def _unic(state: UniPCState, x0, c: UniPCCoefficients) -> jax.Array:
   t = jnp.where(second, c.corr2_t[state.step], c.corr1_t[state.step])
   d1 = jnp.where(second, c.corr2_d1[state.step], 0.0)
   return c.scale[j] * state.last_sample - c.x0_weight[j] * m0 - d1 * (m1 - m0) - t * (x0 - m0)
-
-
-def _f32(x) -> jax.Array:
-  return jnp.asarray(x).astype(jnp.float32)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from planx_jax import dit
+from planx_jax.conditioning import first_frame_mask
 from planx_jax.losses import flow as flow_lib
 from planx_jax.losses.lm import chunked_masked_nll, next_token_targets
 from planx_jax.models.dit import DiT
@@ -117,7 +118,7 @@ def flow_loss_per_example(rng, dit_config: DiTConfig, dit_params, batch, semanti
   noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
   sigma = sampling.sample(k_sigma, (b,))  # [B]
   i2v = jax.random.bernoulli(k_i2v, i2v_prob, (b,)) & batch["has_first_frame"]
-  frame_mask = flow_lib.first_frame_mask(b, f, i2v.astype(jnp.int32))  # [B, F], 0 on the given frame
+  frame_mask = first_frame_mask(b, f, i2v.astype(jnp.int32))  # [B, F], 0 on the given frame
   x_s = flow_lib.interpolate(x0, noise, flow_lib.per_frame_sigmas(sigma, frame_mask))
   pt, ph, pw = dit_config.patch_size
   tokens_per_frame = (x0.shape[2] // ph) * (x0.shape[3] // pw)
