@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax.checks import describe, f32
+from planx_jax.checks import describe, f32, require_latents
 from planx_jax.conditioning import apply_fixed_frames, first_frame_mask
 from planx_jax.sampling.flow_schedulers import (
     UNIPC_ORDER,
+    check_grid_args,
     euler_sigmas,
     euler_step,
     unipc_coefficients,
@@ -151,18 +152,13 @@ def check_sampler_args(velocity_fn, noise, num_steps, shift, solver, order, guid
                 callback, ordered_callback):
   if not callable(velocity_fn):
     raise ValueError(f"velocity_fn must be callable (latents, timesteps, cond) -> v, got {velocity_fn!r}")
-  if getattr(noise, "ndim", None) != 5 or not jnp.issubdtype(noise.dtype, jnp.floating):
-    raise ValueError(f"noise must be float latents [B, F, H, W, C], got {describe(noise)}")
+  require_latents("noise", noise)
   if solver not in SOLVERS:
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
   default_order = UNIPC_ORDER if solver == "unipc" else 1
   if order is not None and (isinstance(order, bool) or order != default_order):
     raise ValueError(f"solver {solver!r} implements order {default_order} only, got order={order!r}")
-  if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or num_steps < 1:
-    raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
-  if not isinstance(shift, (int, float, np.floating)) or isinstance(shift, bool) or not math.isfinite(shift) \
-      or shift <= 0:
-    raise ValueError(f"shift must be a finite number > 0 (1 = no shift), got {shift!r}")
+  check_grid_args(num_steps, shift)
   if not isinstance(guidance_scale, (int, float, np.floating)) or isinstance(guidance_scale, bool) \
       or not math.isfinite(guidance_scale):
     raise ValueError(f"guidance_scale must be a finite Python number (1 = no guidance), got {guidance_scale!r}")
