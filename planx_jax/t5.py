@@ -5,54 +5,37 @@ Gathers what lives in `models/t5*.py` and `convert/umt5.py` under the names user
 """
 
 import html
-import os
 import re
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax import checkpoints
 from planx_jax.convert.umt5 import load_hf, save_hf
 from planx_jax.data.tokenizer import load_tokenizer
-from planx_jax.models import layer_layout
-from planx_jax.models import params as model_params
+from planx_jax.model_spec import ModelSpec
 from planx_jax.models.t5 import T5Encoder, encode, relative_position_buckets
 from planx_jax.models.t5_config import T5Config
 
 __all__ = [
-    "T5Config", "T5Encoder", "abstract_params", "clean_prompt", "encode", "encode_prompts", "init_params",
+    "SPEC", "T5Config", "T5Encoder", "abstract_params", "clean_prompt", "encode", "encode_prompts", "init_params",
     "load_checkpoint", "load_hf", "load_tokenizer", "param_count", "param_logical_axes", "relative_position_buckets",
     "save_checkpoint", "save_hf", "tokenize_prompts",
 ]
 
-CHECKPOINT_KIND = "t5"
-RUNTIME_FIELDS = {"dtype", "param_dtype", "scan_layers", "text_len"}
-STACK = "layers"
-
 
 def _boxed_init(config: T5Config):
+  """Random params with T5's Mesh-TensorFlow scales (unit-normal embedding, unit norms)."""
   ids = jnp.zeros((1, 1), jnp.int32)
   return lambda rng: T5Encoder(config).init(rng, ids, jnp.ones_like(ids))
 
 
-def init_params(config: T5Config, rng: jax.Array) -> dict:
-  """Random params with T5's Mesh-TensorFlow scales (unit-normal embedding, unit norms)."""
-  return model_params.init_params(_boxed_init(config), rng)
-
-
-def abstract_params(config: T5Config) -> dict:
-  return model_params.abstract_params(_boxed_init(config))
-
-
-def param_count(config: T5Config) -> int:
-  return model_params.param_count(_boxed_init(config))
-
-
-def param_logical_axes(config: T5Config) -> dict:
-  return model_params.param_logical_axes(_boxed_init(config))
+SPEC = ModelSpec(kind="t5", config_cls=T5Config, boxed_init=_boxed_init, layer_stack="layers",
+                 runtime_fields=frozenset({"dtype", "param_dtype", "scan_layers", "text_len"}))
+init_params, abstract_params = SPEC.init_params, SPEC.abstract_params
+param_count, param_logical_axes = SPEC.param_count, SPEC.param_logical_axes
+save_checkpoint, load_checkpoint = SPEC.save_checkpoint, SPEC.load_checkpoint
 
 
 def clean_prompt(text: str) -> str:
@@ -101,19 +84,3 @@ def encode_prompts(config: T5Config, params: dict, tokenizer, prompts: str | Seq
   """
   token_ids, mask = tokenize_prompts(config, tokenizer, prompts, clean=clean)
   return encode(config, params, token_ids, mask), jnp.asarray(mask)
-
-
-def save_checkpoint(path: str | os.PathLike, config: T5Config, params: dict, *, tokenizer=None,
-                    extras: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
-  """Writes a planx T5 checkpoint directory (params in the layer layout `config.scan_layers` names)."""
-  params = layer_layout.to_layout(params, config.num_layers, config.scan_layers, STACK)
-  return checkpoints.save_model(path, kind=CHECKPOINT_KIND, config=config.to_dict(), params=params, extras=extras,
-                                tokenizer=tokenizer, overwrite=overwrite)
-
-
-def load_checkpoint(path: str | os.PathLike, **config_overrides):
-  """Reads a T5 checkpoint directory -> (config, params, meta); overrides may change run-time fields only."""
-  config, params, meta = checkpoints.load_model(path, kind=CHECKPOINT_KIND, config_cls=T5Config,
-                                                abstract_params_fn=abstract_params, runtime_fields=RUNTIME_FIELDS,
-                                                overrides=config_overrides)
-  return config, layer_layout.to_layout(params, config.num_layers, config.scan_layers, STACK), meta

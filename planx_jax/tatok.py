@@ -6,19 +6,17 @@ eagerly (before any trace) with errors that say what was expected.
 """
 
 import logging
-import os
-from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from planx_jax import checkpoints
+from planx_jax.checks import is_concrete
 from planx_jax.convert.siglip import load_siglip_hf, save_siglip_hf
 from planx_jax.convert.tatok_tar import load_tar, save_tar
 from planx_jax.data.keyframes import keyframe_indices, select_keyframes
+from planx_jax.model_spec import ModelSpec
 from planx_jax.models import siglip as siglip_model
 from planx_jax.models import tatok as tatok_model
 from planx_jax.models.siglip import SigLIPVision
@@ -27,18 +25,13 @@ from planx_jax.models.tatok_config import TATokConfig, check_scale
 from planx_jax.plan_tokens import PlanTokens
 
 __all__ = [
-    "SigLIPConfig", "SigLIPVision", "TATokConfig", "abstract_params", "codebook_vectors", "codes_to_token_ids", "decode_embeddings",
-    "decode_features", "encode", "init_params", "keyframe_indices", "load_checkpoint", "load_siglip_hf", "load_tar",
-    "save_checkpoint", "save_siglip_hf", "save_tar", "token_ids_to_codes", "video_keyframe_codes",
+    "SPEC", "SigLIPConfig", "SigLIPVision", "TATokConfig", "abstract_params", "codebook_vectors", "codes_to_token_ids",
+    "decode_embeddings", "decode_features", "encode", "init_params", "keyframe_indices", "load_checkpoint",
+    "load_siglip_hf", "load_tar", "param_count", "save_checkpoint", "save_siglip_hf", "save_tar", "token_ids_to_codes",
+    "video_keyframe_codes",
 ]
 
 log = logging.getLogger("planx.tatok")
-CHECKPOINT_KIND = "tatok"
-RUNTIME_FIELDS = frozenset({"codebook_impl", "codebook_tile"})
-
-
-def _is_concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
 
 
 def _check_images(config: TATokConfig, images) -> None:
@@ -49,7 +42,7 @@ def _check_images(config: TATokConfig, images) -> None:
     raise ValueError(f"images have an empty axis: shape {shape}")
   if not jnp.issubdtype(images.dtype, jnp.floating):
     raise ValueError(f"images must be floats in [0, 1], got dtype {images.dtype} (divide uint8 pixels by 255)")
-  if _is_concrete(images):
+  if is_concrete(images):
     # Comparisons, not min/max: XLA:CPU's vectorised min/max can skip NaNs.
     if bool(jnp.any(~((images >= 0.0) & (images <= 1.0)))):
       finite = bool(jnp.all(jnp.isfinite(images)))
@@ -63,7 +56,7 @@ def _check_codes(config: TATokConfig, codes) -> None:
     raise ValueError(f"codes must be [B, N] integers, got shape {shape}")
   if not jnp.issubdtype(codes.dtype, jnp.integer):
     raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
-  if _is_concrete(codes) and codes.size:
+  if is_concrete(codes) and codes.size:
     lo, hi = int(jnp.min(codes)), int(jnp.max(codes))
     if lo < 0 or hi >= config.codebook_size:
       raise ValueError(f"codes must lie in [0, {config.codebook_size}), got range [{lo}, {hi}]")
@@ -168,20 +161,8 @@ def init_params(config: TATokConfig, rng: jax.Array) -> dict:
   return params
 
 
-def save_checkpoint(path: str | os.PathLike, config: TATokConfig, params: dict, *,
-                    extras: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
-  """Writes a planx TA-Tok checkpoint directory (what `planx convert tatok-from-tar` produces)."""
-  return checkpoints.save_model(path, kind=CHECKPOINT_KIND, config=config.to_dict(), params=params, extras=extras,
-                                overwrite=overwrite)
-
-
-def abstract_params(config: TATokConfig) -> dict:
-  """Param tree of `jax.ShapeDtypeStruct`, nothing allocated."""
-  return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-
-
-def load_checkpoint(path: str | os.PathLike, **config_overrides) -> tuple[TATokConfig, dict, dict]:
-  """Reads a planx TA-Tok checkpoint directory -> (config, params, meta); only RUNTIME_FIELDS may be overridden
-  (the encoder / decoder attention_impl: `config.replace(encoder=config.encoder.replace(...))` after loading)."""
-  return checkpoints.load_model(path, kind=CHECKPOINT_KIND, config_cls=TATokConfig, abstract_params_fn=abstract_params,
-                                runtime_fields=RUNTIME_FIELDS, overrides=config_overrides)
+# The towers' attention_impl is not a TA-Tok field: `config.replace(encoder=config.encoder.replace(...))` after loading.
+SPEC = ModelSpec(kind="tatok", config_cls=TATokConfig, init=init_params,
+                 runtime_fields=frozenset({"codebook_impl", "codebook_tile"}))
+abstract_params, param_count = SPEC.abstract_params, SPEC.param_count
+save_checkpoint, load_checkpoint = SPEC.save_checkpoint, SPEC.load_checkpoint

@@ -30,7 +30,8 @@ def converted(hf_with_tokenizer, tmp_path_factory):
 
 
 def test_from_hf_extends_vocab_and_keeps_tokenizer(converted):
-  config, params, layout, meta = planner.load_checkpoint(converted)
+  config, params, meta = planner.load_checkpoint(converted)
+  layout = meta["plan_tokens"]
   assert layout.text_vocab_size == 403 and layout.codebook_size == 64
   assert config.vocab_size == layout.vocab_size == 472
   tokenizer = transformers.AutoTokenizer.from_pretrained(converted / "tokenizer")
@@ -42,7 +43,8 @@ def test_to_hf_round_trip_loads_in_transformers(converted, tmp_path):
   dst = tmp_path / "hf"
   assert main(["convert", "planner-to-hf", str(converted), str(dst), "--max-shard-size", "100KB"]) == 0
   assert (dst / "model.safetensors.index.json").exists()
-  config, params, layout, _ = planner.load_checkpoint(converted)
+  config, params, meta = planner.load_checkpoint(converted)
+  layout = meta["plan_tokens"]
   ids = np.random.RandomState(0).randint(0, config.vocab_size, (1, 21))
   model = transformers.Qwen2ForCausalLM.from_pretrained(dst).eval()
   with torch.no_grad():
@@ -114,7 +116,8 @@ def test_plans_are_well_formed_token_sequences(converted):
   from planx_jax.sampling import SamplingConfig, sample_plans
   import jax
 
-  config, params, layout, _ = planner.load_checkpoint(converted)
+  config, params, meta = planner.load_checkpoint(converted)
+  layout = meta["plan_tokens"]
   tokenizer = transformers.AutoTokenizer.from_pretrained(converted / "tokenizer")
   conv = build_plan_conversation(tokenizer, layout, "a cat", "it jumps", 3)
   out = sample_plans(config, params, layout, [conv.token_ids], 3, jax.random.key(1), SamplingConfig(),

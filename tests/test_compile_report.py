@@ -19,8 +19,8 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from planx_jax.cli import main  # noqa: E402
 from planx_jax.commands import compile as compile_command  # noqa: E402
-from planx_jax.parallel import compile_report as cr  # noqa: E402
-from planx_jax.parallel.hlo_stats import hlo_stats  # noqa: E402
+from planx_jax.aot import compile_report as cr  # noqa: E402
+from planx_jax.aot.hlo_stats import hlo_stats  # noqa: E402
 
 F32 = 4
 

@@ -9,9 +9,9 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
-from planx_jax.losses.flow import (NUM_TRAIN_TIMESTEPS, FlowLoss, TimestepSampling, apply_fixed_frames,
-                                   drop_condition, first_frame_mask, flow_matching_loss, interpolate,
-                                   per_frame_sigmas, per_token_sigmas, sample_sigmas, shift_sigmas,
+from planx_jax.conditioning import apply_fixed_frames, first_frame_mask
+from planx_jax.losses.flow import (NUM_TRAIN_TIMESTEPS, FlowLoss, TimestepSampling, drop_condition, flow_matching_loss,
+                                   interpolate, per_frame_sigmas, per_token_sigmas, sample_sigmas, shift_sigmas,
                                    sigma_to_timestep, text_drop_prob, velocity_target, x0_from_velocity)
 
 B, F, H, W, C = 3, 4, 2, 6, 5

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from planx_jax.losses.flow import apply_fixed_frames
+from planx_jax.conditioning import apply_fixed_frames
 from planx_jax.sampling.flow_sampler import sample_flow
 from planx_jax.sampling.flow_schedulers import euler_sigmas, euler_step
 from planx_jax.sampling.flow_sde import (

@@ -181,13 +181,14 @@ def test_planx_checkpoint_round_trip(hf_qwen2_dir, tmp_path):
   layout = PlanTokens(text_vocab_size=300, codebook_size=8, chat_im_start=290, chat_im_end=291, endoftext=289)
   config, params = planner.extend_vocab(config, params, layout)
   planner.save_checkpoint(tmp_path / "ckpt", config, params, plan_tokens=layout)
-  loaded_config, loaded, loaded_layout, meta = planner.load_checkpoint(tmp_path / "ckpt")
+  loaded_config, loaded, meta = planner.load_checkpoint(tmp_path / "ckpt")
+  loaded_layout = meta["plan_tokens"]
   assert loaded_config == config and loaded_layout == layout and meta["kind"] == "planner"
   for a, b in zip(sorted(_flat(params).items()), sorted(_flat(loaded).items())):
     assert a[0] == b[0]
     np.testing.assert_array_equal(np.asarray(b[1]), a[1])
   with pytest.raises(ValueError, match=r"param \['embed'\]\['embedding'\].*shape"):
-    import planx_jax.checkpoints as ck
+    import planx_jax.model_checkpoints as ck
 
     ck.restore_params(tmp_path / "ckpt", planner.abstract_params(config.replace(vocab_size=300)))
   with pytest.raises(FileNotFoundError, match="not a planx checkpoint"):
@@ -221,7 +222,7 @@ def test_layer_layouts_convert_both_ways(hf_qwen2_dir, tmp_path):
   for key, value in exported.items():
     np.testing.assert_array_equal(value, original[key], err_msg=key)
   planner.save_checkpoint(tmp_path / "ckpt", config, stacked)
-  loaded_config, loaded, _, _ = planner.load_checkpoint(tmp_path / "ckpt", scan_layers=False)
+  loaded_config, loaded, _ = planner.load_checkpoint(tmp_path / "ckpt", scan_layers=False)
   assert not loaded_config.scan_layers and "layers_1" in loaded
   with pytest.raises(ValueError, match=r"cannot override \['hidden_size'\]"):
     planner.load_checkpoint(tmp_path / "ckpt", hidden_size=8)

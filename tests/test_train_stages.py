@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from planx_jax import dit as dit_api
+from planx_jax import dit
 from planx_jax.models.dit_semantic import add_semantic_branch
 from planx_jax.train.config_files import apply_override, load_config
 from planx_jax.train.experiment import build_experiment
@@ -58,7 +58,7 @@ def test_dit_sft_overfits_and_trains_every_base_param(tmp_path):
   assert all(jax.tree.leaves(_changed(before, after)))
   # A DiT with the semantic branch is not a base to fine-tune: an error naming the checkpoint.
   config, params = add_semantic_branch(exp.task.dit_config, after["dit"], semantic_in_dim=4)
-  dit_api.save_checkpoint(tmp_path / "with_branch", config, params)
+  dit.save_checkpoint(tmp_path / "with_branch", config, params)
   bad = load_config("configs/dit_sft.py:tiny", OVERFIT + [f"--config.dit.checkpoint={tmp_path / 'with_branch'}"])
   with pytest.raises(ValueError, match="has a semantic branch"):
     build_experiment(bad).init_state()

@@ -64,7 +64,7 @@ def with_layout(config: ml_collections.ConfigDict, layout: dict[str, int]) -> ml
 
 def compile_step(config: ml_collections.ConfigDict, devices, topology: str):
   """Builds the experiment on the topology's devices, lowers and compiles its train step, and reports it."""
-  from planx_jax.parallel import compile_report as cr
+  from planx_jax.aot import compile_report as cr
   from planx_jax.train.experiment import build_experiment
 
   exp = build_experiment(config, devices=devices)
@@ -76,7 +76,7 @@ def compile_step(config: ml_collections.ConfigDict, devices, topology: str):
 
 def run(args: argparse.Namespace) -> int:
   compile_only_environment()
-  from planx_jax.parallel import compile_report as cr
+  from planx_jax.aot import compile_report as cr
   from planx_jax.train.config_files import load_config
 
   layouts = [layout for text in args.sweep or () for layout in cr.parse_layouts(text)]

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from planx_jax import dit, planner, tatok
-from planx_jax.checkpoints import tokenizer_dir
 from planx_jax.data import tokenizer as tokenizers
+from planx_jax.model_checkpoints import tokenizer_dir
 from planx_jax.plan_tokens import PlanTokens
 
 log = logging.getLogger("planx.convert")
@@ -147,7 +147,7 @@ def _plan_layout(tokenizer, args) -> PlanTokens | None:
 
 def run_planner_to_hf(args) -> int:
   start = time.time()
-  config, params, _, meta = planner.load_checkpoint(args.src)
+  config, params, meta = planner.load_checkpoint(args.src)
   carried = {k: meta.get("hf_config", {})[k] for k in _CARRIED_HF_KEYS if k in meta.get("hf_config", {})}
   planner.save_hf(config, params, args.dst, dtype=args.dtype, max_shard_bytes=parse_size(args.max_shard_size),
                   extra_config=carried, tokenizer=tokenizer_dir(args.src), overwrite=args.overwrite)

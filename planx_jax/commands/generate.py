@@ -16,14 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from planx_jax import checkpoints, dit, t5, vae, video_io
+from planx_jax import dit, model_checkpoints, t5, vae, video_io
 from planx_jax.data import tokenizer as tokenizers
 
 log = logging.getLogger("planx.generate")
 
 DEFAULT_PROMPT = "a red ball rolls to the left across a wooden floor"
 DEFAULT_NEGATIVE = "static, blurred details, worst quality, low quality, deformed"
-PLANX_META = checkpoints.META_FILE
+PLANX_META = model_checkpoints.META_FILE
 
 
 def add_parser(sub) -> None:
@@ -76,7 +76,7 @@ def _require_dir(path: Path, what: str) -> None:
 def _load_text_encoder(path: Path, tokenizer_path: Path | None):
   if _is_planx(path):
     config, params, _ = t5.load_checkpoint(path)
-    default_tok = checkpoints.tokenizer_dir(path)
+    default_tok = model_checkpoints.tokenizer_dir(path)
   else:
     config, params = t5.load_hf(path)
     default_tok = path if any((path / f).exists() for f in ("tokenizer.json", "spiece.model")) else None

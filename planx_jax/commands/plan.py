@@ -13,9 +13,9 @@ import jax
 import numpy as np
 
 from planx_jax import planner
-from planx_jax.checkpoints import tokenizer_dir
 from planx_jax.data import tokenizer as tokenizers
 from planx_jax.data.conversation import FIRST_FRAME_CODES, PLAN_FRAME_CODES, build_plan_conversation
+from planx_jax.model_checkpoints import tokenizer_dir
 from planx_jax.plan_tokens import PlanTokens
 from planx_jax.sampling import KEYFRAME_LEN, PlanGrammar, SamplingConfig, sample_plans
 
@@ -77,7 +77,8 @@ def _load(args):
     log.info("no checkpoint given: using the embedded default (tiny planner, random weights, seed 0); its plans "
              "are random codes")
     return embedded_default(**_scan_layers(args.scan_layers))
-  config, params, layout, _ = planner.load_checkpoint(args.checkpoint, **_scan_layers(args.scan_layers))
+  config, params, meta = planner.load_checkpoint(args.checkpoint, **_scan_layers(args.scan_layers))
+  layout = meta["plan_tokens"]
   source = args.tokenizer or tokenizer_dir(args.checkpoint)
   if source is None:
     raise FileNotFoundError(f"checkpoint {args.checkpoint} has no tokenizer; pass --tokenizer DIR")

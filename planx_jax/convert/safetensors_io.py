@@ -3,14 +3,11 @@
 A directory holds either one `*.safetensors` file or shards listed in a
 `*.safetensors.index.json`. Pickle formats (`.bin`, `.pt`, `.pth`, `.ckpt`) are
 refused with a hint; nothing here unpickles. Writes go to a temp dir and are
-renamed into place, so a failed export leaves nothing half-written.
+renamed into place (`io_utils.atomic_directory`), so a failed export leaves nothing half-written.
 """
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -112,25 +109,3 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], directory: Path, *,
   total = sum(v.nbytes for v in tensors.values())
   index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
   (directory / f"{prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-  """Yields a temp dir next to `path`; on success it replaces `path`, on failure it is removed."""
-  path = Path(path)
-  if path.exists() and (path.is_file() or any(path.iterdir())) and not overwrite:
-    raise FileExistsError(f"{path} exists and is not empty (pass overwrite=True to replace it)")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-  try:
-    yield tmp
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  if path.exists():
-    backup = path.with_name(f".{path.name}.old-{os.getpid()}")
-    path.rename(backup)
-    tmp.rename(path)
-    shutil.rmtree(backup, ignore_errors=True) if backup.is_dir() else backup.unlink()
-  else:
-    tmp.rename(path)

@@ -18,7 +18,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from planx_jax.convert import siglip as siglip_convert
-from planx_jax.convert.safetensors_io import SafetensorsReader, atomic_directory, write_safetensors
+from planx_jax.convert.safetensors_io import SafetensorsReader, write_safetensors
+from planx_jax.io_utils import atomic_directory
 from planx_jax.models.siglip_config import SigLIPConfig
 from planx_jax.models.tatok_config import SO400M_TEACHER, TATokConfig
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from planx_jax.convert.safetensors_io import (DEFAULT_MAX_SHARD_BYTES, SafetensorsReader, atomic_directory,
-                                              write_safetensors)
+from planx_jax.convert.safetensors_io import DEFAULT_MAX_SHARD_BYTES, SafetensorsReader, write_safetensors
 from planx_jax.convert.table import (Rule, check_tensors, identity, read_json_config, read_params, transpose,
                                      write_tensors)
+from planx_jax.io_utils import atomic_directory
 from planx_jax.models.layer_layout import stack_layers, to_layout
 from planx_jax.models.t5_config import FEED_FORWARD_PROJ, T5Config
 

@@ -14,9 +14,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from planx_jax.convert.safetensors_io import (DEFAULT_MAX_SHARD_BYTES, SafetensorsReader, atomic_directory,
-                                              write_safetensors)
+from planx_jax.convert.safetensors_io import DEFAULT_MAX_SHARD_BYTES, SafetensorsReader, write_safetensors
 from planx_jax.convert.table import Rule, check_tensors, identity, read_json_config, read_params, write_tensors
+from planx_jax.io_utils import atomic_directory
 from planx_jax.models.vae import WanVAE, example_inputs
 from planx_jax.models.vae_config import VAEConfig
 

@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from planx_jax.convert.safetensors_io import atomic_directory
 from planx_jax.data.records import FIELDS, TEXT_FIELDS, Record, RecordShapes, check_codebook_size, check_record
+from planx_jax.io_utils import atomic_directory
 
 DATASET_NAME = "planx_records"
 MANIFEST_ARRAY_FIELDS = ("codes_s0", "codes_s2", "latents", "text_emb")

@@ -10,8 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from planx_jax import dit as dit_api
-from planx_jax import planner as planner_api
+from planx_jax import dit, planner
 from planx_jax.train.experiment import build_experiment
 from planx_jax.train.loop import train
 from planx_jax.train.tasks.planner_sft import planner_tokenizer
@@ -36,9 +35,9 @@ def run_stage(config, workdir: Path, progress: bool = True) -> tuple[object, dic
 
 def save_planner(task, params: dict, config, path: Path) -> Path:
   tokenizer, plan_tokens = planner_tokenizer(config)
-  return planner_api.save_checkpoint(path, task.planner_config, params["planner"], plan_tokens=plan_tokens,
-                                     tokenizer=tokenizer, overwrite=True)
+  return planner.save_checkpoint(path, task.planner_config, params["planner"], plan_tokens=plan_tokens,
+                                 tokenizer=tokenizer, overwrite=True)
 
 
 def save_dit(task, params: dict, path: Path) -> Path:
-  return dit_api.save_checkpoint(path, task.dit_config, params["dit"], overwrite=True)
+  return dit.save_checkpoint(path, task.dit_config, params["dit"], overwrite=True)

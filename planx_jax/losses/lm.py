@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from planx_jax.checks import describe, require_count_mask, require_size
+
 HEAD_LAYOUTS = ("hv", "vh")  # "hv": an lm_head kernel [H, V]; "vh": a tied embedding table [V, H]
 
 
@@ -46,7 +48,7 @@ def next_token_targets(token_ids, loss_mask) -> tuple[jax.Array, jax.Array]:
     targets [B, L] (token_ids' dtype) and target_mask [B, L] bool.
   """
   _check_grid("token_ids", token_ids)
-  _check_mask("loss_mask", loss_mask, tuple(token_ids.shape))
+  require_count_mask("loss_mask", loss_mask, tuple(token_ids.shape))
   token_ids, loss_mask = jnp.asarray(token_ids), jnp.asarray(loss_mask) != 0
   targets = jnp.concatenate([token_ids[:, 1:], jnp.zeros_like(token_ids[:, :1])], axis=1)  # [B, L]
   target_mask = jnp.concatenate([loss_mask[:, 1:], jnp.zeros_like(loss_mask[:, :1])], axis=1)  # [B, L]
@@ -62,7 +64,7 @@ def masked_nll(logits, targets, mask) -> LossOutput:
     mask: [B, L] bool or integer; nonzero positions are counted.
   """
   if getattr(logits, "ndim", None) != 3 or not jnp.issubdtype(logits.dtype, jnp.floating):
-    raise ValueError(f"logits must be a float [B, L, V] array, got {_describe(logits)}")
+    raise ValueError(f"logits must be a float [B, L, V] array, got {describe(logits)}")
   b, l, vocab = logits.shape
   _check_targets(targets, mask, (b, l), vocab)
   targets, mask = jnp.asarray(targets), jnp.asarray(mask) != 0
@@ -95,9 +97,9 @@ def chunked_masked_nll(hidden, head, targets, mask, *, head_layout: str = "hv", 
   """
   vocab = check_hidden_and_head(hidden, head, head_layout)
   b, l, h = hidden.shape
-  _check_size("chunk_size", chunk_size)
+  require_size("chunk_size", chunk_size)
   if vocab_chunk_size is not None:
-    _check_size("vocab_chunk_size", vocab_chunk_size)
+    require_size("vocab_chunk_size", vocab_chunk_size)
   if l < 1:
     raise ValueError(f"hidden has an empty sequence axis: {tuple(hidden.shape)}")
   _check_targets(targets, mask, (b, l), vocab)
@@ -134,11 +136,11 @@ def check_hidden_and_head(hidden, head, head_layout: str) -> int:
   """Checks final hidden states [B, L, H] against an output projection in `head_layout`; returns the vocabulary
   size V (shared by the chunked NLL and the RL chunked log-probs)."""
   if getattr(hidden, "ndim", None) != 3 or not jnp.issubdtype(hidden.dtype, jnp.floating):
-    raise ValueError(f"hidden must be a float [B, L, H] array, got {_describe(hidden)}")
+    raise ValueError(f"hidden must be a float [B, L, H] array, got {describe(hidden)}")
   if head_layout not in HEAD_LAYOUTS:
     raise ValueError(f"head_layout must be one of {HEAD_LAYOUTS}, got {head_layout!r}")
   if getattr(head, "ndim", None) != 2 or not jnp.issubdtype(head.dtype, jnp.floating):
-    raise ValueError(f"head must be a float 2-D array, got {_describe(head)}")
+    raise ValueError(f"head must be a float 2-D array, got {describe(head)}")
   h = hidden.shape[-1]
   vocab_axis = 1 if head_layout == "hv" else 0
   if head.shape[1 - vocab_axis] != h:
@@ -148,14 +150,15 @@ def check_hidden_and_head(hidden, head, head_layout: str) -> int:
   return head.shape[vocab_axis]
 
 
-def _project(hidden_c, head, head_layout):
+def project_logits(hidden_c, head, head_layout):
+  """Logits [B, chunk, V] fp32 of hidden [B, chunk, H] through the head (`head_layout` "hv": [H, V], "vh": [V, H])."""
   spec = "bch,hv->bcv" if head_layout == "hv" else "bch,vh->bcv"
   return jnp.einsum(spec, hidden_c, head, preferred_element_type=jnp.float32)  # [B, chunk, V or tile]
 
 
 def _chunk_stats(hidden_c, head, targets_c, head_layout):
   """Log-sum-exp and target logit [B, chunk] from the chunk's full-vocabulary logits."""
-  logits = _project(hidden_c, head, head_layout)  # [B, chunk, V]
+  logits = project_logits(hidden_c, head, head_layout)  # [B, chunk, V]
   target_logit = jnp.take_along_axis(logits, targets_c[..., None], axis=-1)[..., 0]  # [B, chunk]
   return jax.nn.logsumexp(logits, axis=-1), target_logit
 
@@ -177,7 +180,7 @@ def _tiled_chunk_stats(hidden_c, head, targets_c, head_layout, tile):
     nominal = k * tile
     start = jnp.minimum(nominal, vocab - tile)
     head_tile = jax.lax.dynamic_slice_in_dim(head, start, tile, axis=vocab_axis)
-    logits = _project(hidden_c, head_tile, head_layout)  # [B, chunk, tile]
+    logits = project_logits(hidden_c, head_tile, head_layout)  # [B, chunk, tile]
     logits = jnp.where(start + columns >= nominal, logits, -jnp.inf)
     new_max = jnp.maximum(running_max, jax.lax.stop_gradient(jnp.max(logits, axis=-1)))
     running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(
@@ -212,40 +215,20 @@ def _reduce(nll, targets, mask, vocab) -> LossOutput:
   return LossOutput(loss, nll_sum, num_tokens)
 
 
-def _describe(x) -> str:
-  if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-    return f"a {type(x).__name__}"
-  return f"shape {tuple(x.shape)} dtype {x.dtype}"
-
-
 def _check_grid(name, x, shape=None):
   if getattr(x, "ndim", None) != 2 or not jnp.issubdtype(x.dtype, jnp.integer):
-    raise ValueError(f"{name} must be an integer [B, L] array, got {_describe(x)}")
+    raise ValueError(f"{name} must be an integer [B, L] array, got {describe(x)}")
   if shape is not None and tuple(x.shape) != shape:
     raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {shape}")
-
-
-def _check_mask(name, mask, shape):
-  if not hasattr(mask, "shape") or not hasattr(mask, "dtype"):
-    raise ValueError(f"{name} must be a bool or integer array of shape {shape}, got {_describe(mask)}")
-  if not (jnp.issubdtype(mask.dtype, jnp.bool_) or jnp.issubdtype(mask.dtype, jnp.integer)):
-    raise ValueError(f"{name} must be bool or integer (nonzero = counted), got dtype {mask.dtype}")
-  if tuple(mask.shape) != shape:
-    raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {shape}")
 
 
 def _check_targets(targets, mask, shape, vocab):
   """Shapes and dtypes always; the id range too when both are concrete numpy arrays (a cheap host check)."""
   _check_grid("targets", targets, shape)
-  _check_mask("mask", mask, shape)
+  require_count_mask("mask", mask, shape)
   if isinstance(targets, np.ndarray) and isinstance(mask, np.ndarray):
     bad = (mask != 0) & ((targets < 0) | (targets >= vocab))
     if bad.any():
       b, t = (int(i) for i in np.argwhere(bad)[0])
       raise ValueError(f"targets[{b}, {t}] = {int(targets[b, t])} is counted by the mask but outside the "
                        f"vocabulary [0, {vocab})")
-
-
-def _check_size(name, value):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax.losses.lm import _check_mask, _check_size, _describe, _project, check_hidden_and_head
+from planx_jax.checks import describe, require_count_mask, require_size
+from planx_jax.losses.lm import check_hidden_and_head, project_logits
 
 ADVANTAGE_SCALES = ("group", "batch", "none")
 KL_KINDS = ("k1", "k2", "squared", "k3")  # "squared" is another name for k2
@@ -40,8 +41,8 @@ def group_advantages(rewards, group_size: int, *, scale: str = "group", eps: flo
     [B] fp32 advantages.
   """
   if getattr(rewards, "ndim", None) != 1 or not jnp.issubdtype(rewards.dtype, jnp.floating):
-    raise ValueError(f"rewards must be a float [B] array, got {_describe(rewards)}")
-  _check_size("group_size", group_size)
+    raise ValueError(f"rewards must be a float [B] array, got {describe(rewards)}")
+  require_size("group_size", group_size)
   if rewards.shape[0] % group_size:
     raise ValueError(f"group_size {group_size} does not divide the {rewards.shape[0]} rewards")
   _check_scale_options(scale, eps, ddof)
@@ -72,9 +73,9 @@ def hierarchical_advantages(plan_rewards, exec_rewards, *, num_plans: int, scale
     plan_adv [P * M] and exec_adv [P * M, N], fp32.
   """
   if getattr(plan_rewards, "ndim", None) != 1:
-    raise ValueError(f"plan_rewards must be a float [P * M] array, got {_describe(plan_rewards)}")
+    raise ValueError(f"plan_rewards must be a float [P * M] array, got {describe(plan_rewards)}")
   if getattr(exec_rewards, "ndim", None) != 2 or not jnp.issubdtype(exec_rewards.dtype, jnp.floating):
-    raise ValueError(f"exec_rewards must be a float [P * M, N] array, got {_describe(exec_rewards)}")
+    raise ValueError(f"exec_rewards must be a float [P * M, N] array, got {describe(exec_rewards)}")
   if exec_rewards.shape[0] != plan_rewards.shape[0]:
     raise ValueError(f"exec_rewards has {exec_rewards.shape[0]} rows but there are {plan_rewards.shape[0]} plans "
                      "(one row of continuations per plan)")
@@ -96,7 +97,7 @@ def token_log_probs(logits, targets, temperature: float = 1.0):
     [B, T] fp32 log-probs.
   """
   if getattr(logits, "ndim", None) != 3 or not jnp.issubdtype(logits.dtype, jnp.floating):
-    raise ValueError(f"logits must be a float [B, T, V] array, got {_describe(logits)}")
+    raise ValueError(f"logits must be a float [B, T, V] array, got {describe(logits)}")
   _check_ids(targets, tuple(logits.shape[:2]))
   _check_temperature(temperature)
   vocab = logits.shape[-1]
@@ -128,7 +129,7 @@ def chunked_token_log_probs(hidden, head, targets, *, head_layout: str = "hv", t
     raise ValueError(f"hidden has an empty sequence axis: {tuple(hidden.shape)}")
   _check_ids(targets, (b, t))
   _check_temperature(temperature)
-  _check_size("chunk_size", chunk_size)
+  require_size("chunk_size", chunk_size)
   targets = jnp.asarray(targets)
   hidden = jnp.asarray(hidden)
   head = jnp.asarray(head).astype(hidden.dtype)
@@ -142,7 +143,7 @@ def chunked_token_log_probs(hidden, head, targets, *, head_layout: str = "hv", t
 
   @functools.partial(jax.checkpoint, prevent_cse=False)
   def chunk_log_probs(hidden_c, head, targets_c):
-    logits = _project(hidden_c, head, head_layout) / temperature  # [B, chunk, V] fp32
+    logits = project_logits(hidden_c, head, head_layout) / temperature  # [B, chunk, V] fp32
     picked = jnp.take_along_axis(logits, targets_c[..., None], axis=-1)[..., 0]  # [B, chunk]
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
@@ -188,7 +189,7 @@ def importance_log_weights(logp, old_logp, mask, level: str = "token", log_ratio
   if level not in IMPORTANCE_LEVELS:
     raise ValueError(f"level must be one of {IMPORTANCE_LEVELS}, got {level!r}")
   _check_float_pair("logp", logp, "old_logp", old_logp, ndim=2)
-  _check_mask("mask", mask, tuple(logp.shape))
+  require_count_mask("mask", mask, tuple(logp.shape))
   _check_log_ratio_clip(log_ratio_clip)
   logp, old_logp, counted = _sanitise(logp, old_logp, mask)
   weights = _log_weights(logp, old_logp, counted, level, log_ratio_clip)
@@ -326,7 +327,7 @@ def _check_scale_options(scale, eps, ddof):
 
 def _check_ids(targets, shape):
   if getattr(targets, "ndim", None) != 2 or not jnp.issubdtype(targets.dtype, jnp.integer):
-    raise ValueError(f"targets must be an integer [B, T] array, got {_describe(targets)}")
+    raise ValueError(f"targets must be an integer [B, T] array, got {describe(targets)}")
   if tuple(targets.shape) != shape:
     raise ValueError(f"targets has shape {tuple(targets.shape)}, expected {shape}")
 
@@ -334,9 +335,9 @@ def _check_ids(targets, shape):
 def _check_float_pair(name, x, other_name, other, ndim=None):
   for n, a in ((name, x), (other_name, other)):
     if not hasattr(a, "shape") or not jnp.issubdtype(a.dtype, jnp.floating):
-      raise ValueError(f"{n} must be a float array, got {_describe(a)}")
+      raise ValueError(f"{n} must be a float array, got {describe(a)}")
   if ndim is not None and x.ndim != ndim:
-    raise ValueError(f"{name} must be a float [B, T] array, got {_describe(x)}")
+    raise ValueError(f"{name} must be a float [B, T] array, got {describe(x)}")
   if tuple(other.shape) != tuple(x.shape):
     raise ValueError(f"{other_name} has shape {tuple(other.shape)}, expected {tuple(x.shape)} (the shape of {name})")
 
@@ -367,7 +368,7 @@ def _check_normaliser(name, value):
       raise ValueError(f"{name} must be positive, got {value!r}")
     return
   if getattr(value, "shape", None) != ():
-    raise ValueError(f"{name} must be a positive number or a scalar array, got {_describe(value)}")
+    raise ValueError(f"{name} must be a positive number or a scalar array, got {describe(value)}")
 
 
 def _check_policy_args(logp, old_logp, advantages, mask, level, loss_type, eps_low, eps_high, ref_logp, beta, kl,
@@ -380,9 +381,9 @@ def _check_policy_args(logp, old_logp, advantages, mask, level, loss_type, eps_l
     raise ValueError(f"kl must be one of {KL_KINDS}, got {kl!r}")
   _check_float_pair("logp", logp, "old_logp", old_logp, ndim=2)
   shape = tuple(logp.shape)
-  _check_mask("mask", mask, shape)
+  require_count_mask("mask", mask, shape)
   if not hasattr(advantages, "shape") or not jnp.issubdtype(advantages.dtype, jnp.floating):
-    raise ValueError(f"advantages must be a float [B] or [B, T] array, got {_describe(advantages)}")
+    raise ValueError(f"advantages must be a float [B] or [B, T] array, got {describe(advantages)}")
   if tuple(advantages.shape) not in (shape[:1], shape):
     raise ValueError(f"advantages has shape {tuple(advantages.shape)}, expected {shape[:1]} or {shape}")
   if ref_logp is not None:
@@ -398,6 +399,6 @@ def _check_policy_args(logp, old_logp, advantages, mask, level, loss_type, eps_l
     _check_nonnegative("advantage_clip", advantage_clip)
   _check_log_ratio_clip(log_ratio_clip)
   if max_len is not None:
-    _check_size("max_len", max_len)
+    require_size("max_len", max_len)
   _check_normaliser("num_sequences", num_sequences)
   _check_normaliser("num_tokens", num_tokens)

@@ -1,4 +1,4 @@
-"""Mesh, logical sharding rules and sharding printouts for training and AOT compile reports."""
+"""Mesh, logical sharding rules, sharding printouts and multi-host start-up (AOT compile reports: `planx_jax.aot`)."""
 
 from planx_jax.parallel.mesh import MESH_AXES, build_mesh, data_parallel_size, describe_mesh, resolve_axis_sizes
 from planx_jax.parallel.rules import (DEFAULT_RULES, activation_sharding, batch_sharding, constrain, describe_shardings,

@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from planx_jax.losses.flow import first_frame_mask
+from planx_jax.conditioning import first_frame_mask
 from planx_jax.train.experiment import Experiment
 from planx_jax.train.tasks.planner_sft import planner_tokenizer
 

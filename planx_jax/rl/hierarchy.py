@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from planx_jax.conditioning import first_frame_mask
 from planx_jax.losses import rl as rl_losses
-from planx_jax.losses.flow import first_frame_mask
 from planx_jax.rewards import tempact
 from planx_jax.rl import flow_rollout, planner_rollout
 from planx_jax.rl.experiment import PromptCursor, RLExperiment

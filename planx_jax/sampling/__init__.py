@@ -2,9 +2,9 @@
 samplers (Euler, UniPC) with CFG and first-frame conditioning, and the SDE sampler with log-probs that RL
 (Flow-GRPO) rolls out with. Nothing in this package trains."""
 
-from planx_jax.sampling.flow_sampler import SOLVERS, sample_flow
-from planx_jax.sampling.flow_sde import (SDE_KINDS, SDEStep, SDETrajectory, gaussian_log_prob, guided_velocity,
-                                         mean_kl, ratio_norm_log_ratio, sample_sde, sde_step, sde_window)
+from planx_jax.sampling.flow_sampler import SOLVERS, guided_velocity, sample_flow
+from planx_jax.sampling.flow_sde import (SDE_KINDS, SDEStep, SDETrajectory, gaussian_log_prob, mean_kl,
+                                         ratio_norm_log_ratio, sample_sde, sde_step, sde_window)
 from planx_jax.sampling.flow_schedulers import (UNIPC_ORDER, UniPCCoefficients, UniPCState, euler_sigmas, euler_step,
                                                 unipc_coefficients, unipc_init, unipc_sigmas, unipc_step)
 from planx_jax.sampling.logits_processing import (

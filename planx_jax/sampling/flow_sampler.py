@@ -12,9 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax.losses.flow import apply_fixed_frames, first_frame_mask
+from planx_jax.checks import describe, f32, require_latents
+from planx_jax.conditioning import apply_fixed_frames, first_frame_mask
 from planx_jax.sampling.flow_schedulers import (
     UNIPC_ORDER,
+    check_grid_args,
     euler_sigmas,
     euler_step,
     unipc_coefficients,
@@ -64,7 +66,7 @@ def sample_flow(velocity_fn: VelocityFn, noise, *, cond: Any = None, uncond: Any
       is None; any other w is applied as written (diffusers' pipelines also skip guidance for w < 1).
     fixed_latents: [B, F, H, W, C] clean latents z0 whose fixed frames condition the video (TI2V: the encoded
       first frame in frame 0; other frames' values are ignored). None: nothing is fixed.
-    frame_mask: [B, F] or [F], 1 on generated frames and 0 on fixed ones (`losses.flow.first_frame_mask`);
+    frame_mask: [B, F] or [F], 1 on generated frames and 0 on fixed ones (`conditioning.first_frame_mask`);
       defaults to fixing frame 0. Only with fixed_latents. Rows of all ones (T2V) may share a batch with TI2V rows.
     callback: called on the host as callback(i, N) after step i (0-based) completes, through
       `jax.debug.callback`, e.g. `lambda i, n: bar.update(1)` for tqdm. Calls come from the running program, so
@@ -88,28 +90,20 @@ def sample_flow(velocity_fn: VelocityFn, noise, *, cond: Any = None, uncond: Any
     sigmas, timesteps = euler_sigmas(num_steps, shift)
   model_timesteps = jnp.asarray(timesteps.astype(np.float32))  # [N]
   sigmas = jnp.asarray(sigmas)  # [N + 1]
-  guided = uncond is not None and guidance_scale != 1
 
   conditioned = fixed_latents is not None
-  x = jnp.asarray(noise).astype(jnp.float32)
+  x = f32(noise)
   z0 = mask = None
   if conditioned:
-    z0 = jnp.asarray(fixed_latents).astype(jnp.float32)
+    z0 = f32(fixed_latents)
     mask = first_frame_mask(b, f, 1) if frame_mask is None else jnp.asarray(frame_mask, jnp.float32)
     mask = jnp.broadcast_to(mask, (b, f))  # [B, F]
     x = apply_fixed_frames(x, z0, mask)
 
-  def velocity(x, t):
-    ts = mask * t if conditioned else jnp.full((b,), t)  # [B, F] | [B]
-    v = call_velocity(velocity_fn, x, ts, cond, "cond")
-    if guided:
-      v_uncond = call_velocity(velocity_fn, x, ts, uncond, "uncond")
-      v = v_uncond + guidance_scale * (v - v_uncond)
-    return v
-
   def body(i, carry):
     x, state = carry
-    v = velocity(x, model_timesteps[i])
+    v = guided_velocity(velocity_fn, x, model_timesteps[i], cond=cond, uncond=uncond, guidance_scale=guidance_scale,
+                        frame_mask=mask)
     if solver == "unipc":
       x, state = unipc_step(state, v, x, coeffs)
     else:
@@ -125,39 +119,46 @@ def sample_flow(velocity_fn: VelocityFn, noise, *, cond: Any = None, uncond: Any
   return x
 
 
+def guided_velocity(velocity_fn: VelocityFn, x, timestep, *, cond: Any = None, uncond: Any = None,
+                    guidance_scale: float = 5.0, frame_mask=None) -> jax.Array:
+  """The velocity `sample_flow` (and `flow_sde.sample_sde`) steps with: timesteps [B] (or frame_mask * t, [B, F],
+  when frames are fixed) and v = v_u + w (v_c - v_u) with two model calls, guidance off when uncond is None or
+  w == 1. fp32 [B, F, H, W, C].
+
+  timestep: the model timestep 1000 s, a scalar or [B]; frame_mask: [B, F] (0 on fixed frames) or None.
+  """
+  x = f32(x)
+  b = x.shape[0]
+  t = jnp.broadcast_to(f32(timestep), (b,))  # [B]
+  timesteps = t if frame_mask is None else f32(frame_mask) * t[:, None]  # [B] | [B, F]
+  v = call_velocity(velocity_fn, x, timesteps, cond, "cond")
+  if uncond is not None and guidance_scale != 1:
+    v_uncond = call_velocity(velocity_fn, x, timesteps, uncond, "uncond")
+    v = v_uncond + guidance_scale * (v - v_uncond)
+  return v
+
+
 def call_velocity(velocity_fn, x, timesteps, cond, name) -> jax.Array:
   """velocity_fn(x, timesteps, cond) as fp32, after checking it returns float velocities shaped like x (shared
   with the SDE sampler)."""
   v = velocity_fn(x, timesteps, cond)
   if not hasattr(v, "shape") or tuple(v.shape) != tuple(x.shape) or not jnp.issubdtype(v.dtype, jnp.floating):
-    got = f"shape {tuple(v.shape)} dtype {v.dtype}" if hasattr(v, "shape") else f"a {type(v).__name__}"
     raise ValueError(f"velocity_fn(latents, timesteps, {name}) must return float velocities shaped like the latents "
-                     f"{tuple(x.shape)}, got {got}")
+                     f"{tuple(x.shape)}, got {describe(v)}")
   return v.astype(jnp.float32)
-
-
-def _describe(x) -> str:
-  if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-    return f"a {type(x).__name__}"
-  return f"shape {tuple(x.shape)} dtype {x.dtype}"
 
 
 def check_sampler_args(velocity_fn, noise, num_steps, shift, solver, order, guidance_scale, fixed_latents, frame_mask,
                 callback, ordered_callback):
   if not callable(velocity_fn):
     raise ValueError(f"velocity_fn must be callable (latents, timesteps, cond) -> v, got {velocity_fn!r}")
-  if getattr(noise, "ndim", None) != 5 or not jnp.issubdtype(noise.dtype, jnp.floating):
-    raise ValueError(f"noise must be float latents [B, F, H, W, C], got {_describe(noise)}")
+  require_latents("noise", noise)
   if solver not in SOLVERS:
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
   default_order = UNIPC_ORDER if solver == "unipc" else 1
   if order is not None and (isinstance(order, bool) or order != default_order):
     raise ValueError(f"solver {solver!r} implements order {default_order} only, got order={order!r}")
-  if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or num_steps < 1:
-    raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
-  if not isinstance(shift, (int, float, np.floating)) or isinstance(shift, bool) or not math.isfinite(shift) \
-      or shift <= 0:
-    raise ValueError(f"shift must be a finite number > 0 (1 = no shift), got {shift!r}")
+  check_grid_args(num_steps, shift)
   if not isinstance(guidance_scale, (int, float, np.floating)) or isinstance(guidance_scale, bool) \
       or not math.isfinite(guidance_scale):
     raise ValueError(f"guidance_scale must be a finite Python number (1 = no guidance), got {guidance_scale!r}")
@@ -172,14 +173,14 @@ def check_sampler_args(velocity_fn, noise, num_steps, shift, solver, order, guid
   if not hasattr(fixed_latents, "shape") or tuple(fixed_latents.shape) != tuple(noise.shape) \
       or not jnp.issubdtype(fixed_latents.dtype, jnp.floating):
     raise ValueError(f"fixed_latents must be float latents shaped like noise {tuple(noise.shape)}, "
-                     f"got {_describe(fixed_latents)}")
+                     f"got {describe(fixed_latents)}")
   b, f = noise.shape[:2]
   if frame_mask is None:
     if f < 2:
       raise ValueError(f"fixing the first frame (the default frame_mask) needs >= 2 latent frames, got F={f}")
     return
   if not hasattr(frame_mask, "shape") or tuple(frame_mask.shape) not in ((b, f), (f,)):
-    raise ValueError(f"frame_mask must be [B, F]=[{b}, {f}] or [F]=[{f}], got {_describe(frame_mask)}")
+    raise ValueError(f"frame_mask must be [B, F]=[{b}, {f}] or [F]=[{f}], got {describe(frame_mask)}")
   if not isinstance(frame_mask, jax.core.Tracer):
     values = np.asarray(frame_mask, np.float32)
     if not np.all((values == 0) | (values == 1)):

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from planx_jax.checks import f32, require_int
 from planx_jax.losses.flow import NUM_TRAIN_TIMESTEPS
 
 UNIPC_ORDER = 2  # Wan's UniPC order, the only one implemented
@@ -32,7 +33,7 @@ def euler_sigmas(num_steps: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
     sigmas: [N + 1] float32, decreasing, the last one 0.
     timesteps: [N] float32 model timesteps, fp32(sigma) * 1000 computed in fp32 (not rounded).
   """
-  _check_grid_args(num_steps, shift)
+  check_grid_args(num_steps, shift)
   train_ends = np.array([NUM_TRAIN_TIMESTEPS, 1], np.float32) / np.float32(NUM_TRAIN_TIMESTEPS)  # [2] fp32
   sigma_max, sigma_min = (float(s) for s in _shift_fp32(train_ends, shift))
   grid = np.linspace(sigma_max * NUM_TRAIN_TIMESTEPS, sigma_min * NUM_TRAIN_TIMESTEPS, num_steps)
@@ -51,7 +52,7 @@ def unipc_sigmas(num_steps: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
     sigmas: [N + 1] float32, decreasing, the last one 0.
     timesteps: [N] int64 model timesteps (diffusers feeds these integers to the DiT).
   """
-  _check_grid_args(num_steps, shift)
+  check_grid_args(num_steps, shift)
   sigmas = _shift_fp64(np.linspace(1.0, 1.0 / NUM_TRAIN_TIMESTEPS, num_steps + 1)[:-1], shift)  # [N] float64
   if abs(sigmas[0] - 1.0) < _UNIPC_FIRST_SIGMA_EPS:
     sigmas[0] -= _UNIPC_FIRST_SIGMA_EPS
@@ -70,9 +71,9 @@ def _shift_fp32(s: np.ndarray, shift: float) -> np.ndarray:
   return np.float32(shift) * s / (one + np.float32(shift - 1) * s)
 
 
-def _check_grid_args(num_steps, shift):
-  if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) or num_steps < 1:
-    raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+def check_grid_args(num_steps, shift):
+  """num_steps an int >= 1, shift a finite number > 0: the arguments of every sigma grid."""
+  require_int("num_steps", num_steps, 1)
   if not isinstance(shift, (int, float, np.floating)) or isinstance(shift, bool) or not math.isfinite(shift) \
       or shift <= 0:
     raise ValueError(f"shift must be a finite number > 0 (1 = no shift), got {shift!r}")
@@ -85,8 +86,8 @@ def euler_step(x, v, sigma, sigma_next) -> jax.Array:
 
   x, v: latents and predicted velocity of one shape; sigma, sigma_next: scalars (or broadcastable arrays).
   """
-  x, v = _f32(x), _f32(v)
-  return x + (_f32(sigma_next) - _f32(sigma)) * v
+  x, v = f32(x), f32(v)
+  return x + (f32(sigma_next) - f32(sigma)) * v
 
 
 # --- UniPC (order 2, bh2, predicting x0, lower order on the last step) ----------------------------------------
@@ -173,8 +174,7 @@ def unipc_init(sample, start_step: int = 0, order: int = UNIPC_ORDER) -> UniPCSt
   """
   if isinstance(order, bool) or order != UNIPC_ORDER:
     raise ValueError(f"UniPC order {order!r} is not implemented; only order {UNIPC_ORDER} (Wan's setting) is")
-  if not isinstance(start_step, (int, np.integer)) or isinstance(start_step, bool) or start_step < 0:
-    raise ValueError(f"start_step must be an int >= 0, got {start_step!r}")
+  require_int("start_step", start_step, 0)
   zeros = jnp.zeros(jnp.shape(sample), jnp.float32)
   return UniPCState(step=jnp.asarray(start_step, jnp.int32), x0_prev=zeros, x0_prev2=zeros, last_sample=zeros,
                     last_order=jnp.zeros((), jnp.int32), warmup=jnp.zeros((), jnp.int32))
@@ -201,10 +201,10 @@ def unipc_step(state: UniPCState, v, sample, coeffs: UniPCCoefficients) -> tuple
   if jnp.shape(v) != jnp.shape(sample) or jnp.shape(state.x0_prev) != jnp.shape(sample):
     raise ValueError(f"v {jnp.shape(v)}, sample {jnp.shape(sample)} and the state's latents "
                      f"{jnp.shape(state.x0_prev)} must have one shape")
-  c = UniPCCoefficients(*(_f32(a) for a in coeffs))
+  c = UniPCCoefficients(*(f32(a) for a in coeffs))
   num_steps = c.sigma.shape[0]
   i = state.step
-  sample, v = _f32(sample), _f32(v)
+  sample, v = f32(sample), f32(v)
   x0 = sample - c.sigma[i] * v
 
   corrected = jax.lax.cond(state.last_order > 0, lambda: _unic(state, x0, c), lambda: sample)
@@ -224,7 +224,3 @@ def _unic(state: UniPCState, x0, c: UniPCCoefficients) -> jax.Array:
   t = jnp.where(second, c.corr2_t[state.step], c.corr1_t[state.step])
   d1 = jnp.where(second, c.corr2_d1[state.step], 0.0)
   return c.scale[j] * state.last_sample - c.x0_weight[j] * m0 - d1 * (m1 - m0) - t * (x0 - m0)
-
-
-def _f32(x) -> jax.Array:
-  return jnp.asarray(x).astype(jnp.float32)

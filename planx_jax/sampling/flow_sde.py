@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax.losses.flow import apply_fixed_frames, first_frame_mask
-from planx_jax.sampling.flow_sampler import call_velocity, check_sampler_args
+from planx_jax.checks import describe, f32, require_float_like, require_int, require_latents
+from planx_jax.conditioning import apply_fixed_frames, first_frame_mask
+from planx_jax.sampling.flow_sampler import check_sampler_args, guided_velocity
 from planx_jax.sampling.flow_schedulers import euler_sigmas
 
 SDE_KINDS = ("flow_grpo", "wan", "cps", "dance")
@@ -52,9 +53,15 @@ def gaussian_log_prob(sample, mean, std, mask=None) -> jax.Array:
   std: broadcastable to the sample (a scalar, [B, 1, ...] per row or elementwise), > 0. mask: None (every element)
   or a leading prefix of the sample's shape ([B], [B, F] per latent frame, ..., the full shape), nonzero = counted.
   """
-  sample, mean = _f32(sample), _f32(mean)
-  _check_same_shape("mean", mean, "sample", sample)
+  sample, mean = f32(sample), f32(mean)
+  require_float_like("mean", mean, "sample", sample)
   std = _per_element(std, sample.shape, "std")
+  _check_optional_mask(mask, sample.shape)
+  return _gaussian_log_prob(sample, mean, std, mask)
+
+
+def _gaussian_log_prob(sample, mean, std, mask) -> jax.Array:
+  """`gaussian_log_prob` of checked fp32 arrays (std broadcastable to the sample)."""
   density = -jnp.square(sample - mean) / (2.0 * jnp.square(std)) - jnp.log(std) - _LOG_SQRT_2PI
   return _masked_mean(density, mask)
 
@@ -62,9 +69,10 @@ def gaussian_log_prob(sample, mean, std, mask=None) -> jax.Array:
 def mean_kl(mean, ref_mean, std, mask=None) -> jax.Array:
   """[B] Flow-GRPO's per-step KL between two Gaussians of one std: ||mean - ref_mean||^2 / (2 std^2), averaged over
   the masked elements as `gaussian_log_prob` averages; elements with std = 0 (a deterministic step) count 0."""
-  mean, ref_mean = _f32(mean), _f32(ref_mean)
-  _check_same_shape("ref_mean", ref_mean, "mean", mean)
+  mean, ref_mean = f32(mean), f32(ref_mean)
+  require_float_like("ref_mean", ref_mean, "mean", mean)
   std = _per_element(std, mean.shape, "std")
+  _check_optional_mask(mask, mean.shape)
   positive = std > 0
   kl = jnp.square(mean - ref_mean) / (2.0 * jnp.square(jnp.where(positive, std, 1.0)))
   return _masked_mean(jnp.where(positive, kl, 0.0), mask)
@@ -79,14 +87,15 @@ def ratio_norm_log_ratio(log_prob, old_log_prob, mean, old_mean, std, mask=None)
   policy and free of the step's scale; clip it as a log-ratio. `mask` must be the one the log-probs were averaged
   with. std: one value per row (a scalar, [B] or [B, 1, ...]); rows with std = 0 (deterministic steps) give 0.
   """
-  log_prob, old_log_prob = _f32(log_prob), _f32(old_log_prob)
-  mean, old_mean = _f32(mean), _f32(old_mean)
-  _check_same_shape("old_mean", old_mean, "mean", mean)
+  log_prob, old_log_prob = f32(log_prob), f32(old_log_prob)
+  mean, old_mean = f32(mean), f32(old_mean)
+  require_float_like("old_mean", old_mean, "mean", mean)
   b = mean.shape[0]
   for name, value in (("log_prob", log_prob), ("old_log_prob", old_log_prob)):
     if value.shape != (b,):
       raise ValueError(f"{name} must be [B]=[{b}], got shape {value.shape}")
   c = _per_row(std, mean.shape, "std")  # [B]
+  _check_optional_mask(mask, mean.shape)
   positive = c > 0
   c_safe = jnp.where(positive, c, 1.0)
   mse = _masked_mean(jnp.square(mean - old_mean), mask)  # [B]
@@ -133,12 +142,17 @@ def sde_step(x, v, sigma, sigma_prev, *, kind: str = "flow_grpo", noise_level: f
   if not deterministic and len(sources) != 1:
     raise ValueError(f"pass exactly one of noise, rng or prev_sample to a stochastic step, got {sources or 'none'}")
   if noise is not None:
-    _check_same_shape("noise", noise, "x", x)
+    require_float_like("noise", noise, "x", x)
   if prev_sample is not None:
-    _check_same_shape("prev_sample", prev_sample, "x", x)
-  if mask is not None:
-    _check_mask(mask, x.shape)
+    require_float_like("prev_sample", prev_sample, "x", x)
+  _check_optional_mask(mask, x.shape)
+  return _sde_step(x, v, s, s_prev, kind, noise_level, eta, sigma_max, sigma_min, noise, rng, prev_sample,
+                   deterministic, mask)
 
+
+def _sde_step(x, v, s, s_prev, kind, noise_level, eta, sigma_max, sigma_min, noise, rng, prev_sample, deterministic,
+              mask) -> SDEStep:
+  """`sde_step` of checked arguments: x, v fp32 latents, s and s_prev fp32 [B, 1, 1, 1, 1]."""
   dt = s_prev - s  # [B, 1, 1, 1, 1], < 0
   if deterministic:
     euler = x + dt * v
@@ -147,10 +161,10 @@ def sde_step(x, v, sigma, sigma_prev, *, kind: str = "flow_grpo", noise_level: f
   mean, std = _mean_and_std(x, v, s, s_prev, kind, noise_level, eta, sigma_max, sigma_min)
   positive = std > 0  # [B, 1, 1, 1, 1]
   if prev_sample is None:
-    eps = _f32(noise) if noise is not None else jax.random.normal(rng, x.shape, jnp.float32)
+    eps = f32(noise) if noise is not None else jax.random.normal(rng, x.shape, jnp.float32)
     prev_sample = mean + std * eps  # = mean where std = 0
-  prev_sample = _f32(prev_sample)
-  log_prob = gaussian_log_prob(jax.lax.stop_gradient(prev_sample), mean, jnp.where(positive, std, 1.0), mask)
+  prev_sample = f32(prev_sample)
+  log_prob = _gaussian_log_prob(jax.lax.stop_gradient(prev_sample), mean, jnp.where(positive, std, 1.0), mask)
   return SDEStep(prev_sample, jnp.where(positive[:, 0, 0, 0, 0], log_prob, 0.0), mean, std)
 
 
@@ -161,10 +175,10 @@ def _mean_and_std(x, v, s, s_prev, kind, noise_level, eta, sigma_max, sigma_min)
     x0, x1 = x - s * v, x + (1.0 - s) * v
     return x0 * (1.0 - s_prev) + x1 * jnp.sqrt(jnp.maximum(jnp.square(s_prev) - jnp.square(std), 0.0)), std
   if kind == "flow_grpo":
-    denominator = 1.0 - (jnp.where(s == 1.0, _f32(sigma_max), s) if sigma_max is not None else s)
+    denominator = 1.0 - (jnp.where(s == 1.0, f32(sigma_max), s) if sigma_max is not None else s)
     sigma_t = noise_level * jnp.sqrt(s / denominator)
   elif kind == "wan":
-    sigma_t = sigma_min + (_f32(sigma_max) - sigma_min) * s
+    sigma_t = sigma_min + (f32(sigma_max) - sigma_min) * s
   else:
     sigma_t = jnp.full_like(s, eta)
   mean = x * (1.0 + jnp.square(sigma_t) * dt / (2.0 * s)) + v * (1.0 + jnp.square(sigma_t) * (1.0 - s) / (2.0 * s)) * dt
@@ -186,7 +200,7 @@ def sde_window(rng_or_seed, num_steps: int, window_size: int | None = None, *, t
   window_size is None. Pass the mask to `sample_sde(sde_steps=...)` as an array argument of the jitted rollout so
   every window shares one compilation.
   """
-  _check_int("num_steps", num_steps, 2)
+  require_int("num_steps", num_steps, 2)
   if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float, np.floating)) \
       or not 0 < train_fraction <= 1:
     raise ValueError(f"train_fraction must be a number in (0, 1], got {train_fraction!r}")
@@ -200,7 +214,7 @@ def sde_window(rng_or_seed, num_steps: int, window_size: int | None = None, *, t
     steps[:trainable] = True
     return steps
   lo, hi = (0, trainable) if window_range is None else _check_window_range(window_range, num_steps)
-  _check_int("window_size", window_size, 1)
+  require_int("window_size", window_size, 1)
   if window_size > hi - lo:
     raise ValueError(f"window_size={window_size} does not fit in window_range [{lo}, {hi})")
   start = lo + _random_index(rng_or_seed, hi - lo - window_size + 1)
@@ -220,24 +234,6 @@ def _random_index(rng_or_seed, n: int) -> int:
 
 
 # --- The rollout ----------------------------------------------------------------------------------------------
-
-def guided_velocity(velocity_fn: VelocityFn, x, timestep, *, cond: Any = None, uncond: Any = None,
-                    guidance_scale: float = 5.0, frame_mask=None) -> jax.Array:
-  """The velocity `sample_flow` steps with: timesteps [B] (or frame_mask * t, [B, F], when frames are fixed) and
-  v = v_u + w (v_c - v_u) with two model calls, guidance off when uncond is None or w == 1. fp32 [B, F, H, W, C].
-
-  timestep: the model timestep 1000 s, a scalar or [B]; frame_mask: [B, F] (0 on fixed frames) or None.
-  """
-  x = _f32(x)
-  b = x.shape[0]
-  t = jnp.broadcast_to(_f32(timestep), (b,))  # [B]
-  timesteps = t if frame_mask is None else _f32(frame_mask) * t[:, None]  # [B] | [B, F]
-  v = call_velocity(velocity_fn, x, timesteps, cond, "cond")
-  if uncond is not None and guidance_scale != 1:
-    v_uncond = call_velocity(velocity_fn, x, timesteps, uncond, "uncond")
-    v = v_uncond + guidance_scale * (v - v_uncond)
-  return v
-
 
 def sample_sde(velocity_fn: VelocityFn, noise, rng, *, cond: Any = None, uncond: Any = None,
                guidance_scale: float = 5.0, num_steps: int = 10, shift: float = 5.0, kind: str = "flow_grpo",
@@ -277,16 +273,16 @@ def sample_sde(velocity_fn: VelocityFn, noise, rng, *, cond: Any = None, uncond:
   b, f = noise.shape[:2]
   sde_steps = _check_sde_steps(sde_steps, num_steps)
   conditioned = fixed_latents is not None
-  x = _f32(noise)
+  x = f32(noise)
   z0 = mask = None
   if conditioned:
-    z0 = _f32(fixed_latents)
-    mask = first_frame_mask(b, f, 1) if frame_mask is None else jnp.broadcast_to(_f32(frame_mask), (b, f))
+    z0 = f32(fixed_latents)
+    mask = first_frame_mask(b, f, 1) if frame_mask is None else jnp.broadcast_to(f32(frame_mask), (b, f))
     x = apply_fixed_frames(x, z0, mask)
   lp_mask = _rollout_logprob_mask(logprob_mask, mask, noise.shape)
   noisy = (noise_level if kind in ("flow_grpo", "cps") else eta if kind == "dance" else 1.0) > 0
   sigmas, timesteps = jnp.asarray(sigmas_np), jnp.asarray(timesteps_np)
-  step_kwargs = dict(kind=kind, noise_level=noise_level, eta=eta, sigma_max=sigma_max, mask=lp_mask)
+  step_args = (kind, noise_level, eta, sigma_max, 0.0)
 
   def body(x, step_inputs):
     key, s, s_prev, t, requested = step_inputs
@@ -294,7 +290,9 @@ def sample_sde(velocity_fn: VelocityFn, noise, rng, *, cond: Any = None, uncond:
                         frame_mask=mask)
     euler = x + (s_prev - s) * v
     if noisy:
-      step = sde_step(x, v, s, s_prev, noise=jax.random.normal(key, x.shape, jnp.float32), **step_kwargs)
+      s_b, s_prev_b = (jnp.broadcast_to(f32(value), (b,)).reshape(b, 1, 1, 1, 1) for value in (s, s_prev))
+      step = _sde_step(x, v, s_b, s_prev_b, *step_args, jax.random.normal(key, x.shape, jnp.float32), None, None,
+                       False, lp_mask)
       stochastic = requested & (step.std[0, 0, 0, 0, 0] > 0)
       x_next = jnp.where(stochastic, step.prev_sample, euler)
       mean = jnp.where(stochastic, step.mean, euler)
@@ -318,7 +316,7 @@ def _rollout_logprob_mask(logprob_mask, frame_mask, shape):
     return frame_mask
   if not hasattr(logprob_mask, "shape") or tuple(logprob_mask.shape) not in (tuple(shape[:2]), tuple(shape)):
     raise ValueError(f"logprob_mask must be [B, F]={list(shape[:2])} or the latents' shape {list(shape)}, got "
-                     f"{_describe(logprob_mask)}")
+                     f"{describe(logprob_mask)}")
   counted = (jnp.asarray(logprob_mask) != 0).astype(jnp.float32)
   if frame_mask is None:
     return counted
@@ -332,7 +330,6 @@ def _masked_mean(values, mask) -> jax.Array:
   shape = values.shape
   if mask is None:
     return jnp.mean(values.reshape(shape[0], -1), axis=1)
-  _check_mask(mask, shape)
   counted = jnp.asarray(mask) != 0
   per_entry = math.prod(shape[counted.ndim:])  # elements each mask entry stands for
   counted_b = counted.reshape(counted.shape + (1,) * (len(shape) - counted.ndim))
@@ -342,7 +339,7 @@ def _masked_mean(values, mask) -> jax.Array:
 
 
 def _per_element(std, shape, name) -> jax.Array:
-  std = _f32(std)
+  std = f32(std)
   try:
     fits = std.ndim <= len(shape) and jnp.broadcast_shapes(std.shape, shape) == tuple(shape)
   except ValueError:
@@ -354,7 +351,7 @@ def _per_element(std, shape, name) -> jax.Array:
 
 def _per_row(std, shape, name) -> jax.Array:
   """A scalar, [B] or [B, 1, ...] -> [B] fp32."""
-  std = _f32(std)
+  std = f32(std)
   b = shape[0]
   if std.ndim == 0:
     return jnp.full((b,), std)
@@ -365,10 +362,9 @@ def _per_row(std, shape, name) -> jax.Array:
 
 
 def _check_step_latents(x, v):
-  if getattr(x, "ndim", None) != 5 or not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(f"x must be float latents [B, F, H, W, C], got {_describe(x)}")
-  _check_same_shape("v", v, "x", x)
-  return _f32(x), _f32(v)
+  require_latents("x", x)
+  require_float_like("v", v, "x", x)
+  return f32(x), f32(v)
 
 
 def _check_sigmas(sigma, sigma_prev, b, kind, sigma_max):
@@ -378,8 +374,8 @@ def _check_sigmas(sigma, sigma_prev, b, kind, sigma_max):
     shape = tuple(np.shape(value))
     if shape not in ((), (b,)) or not (isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
                                        or jnp.issubdtype(jnp.asarray(value).dtype, jnp.floating)):
-      raise ValueError(f"{name} must be a float scalar or [B]=[{b}], got {_describe(value)}")
-    out.append(jnp.broadcast_to(_f32(value), (b,)).reshape(b, 1, 1, 1, 1))
+      raise ValueError(f"{name} must be a float scalar or [B]=[{b}], got {describe(value)}")
+    out.append(jnp.broadcast_to(f32(value), (b,)).reshape(b, 1, 1, 1, 1))
   concrete = not any(isinstance(value, jax.core.Tracer) for value in (sigma, sigma_prev))
   if concrete:
     s, s_prev = (np.broadcast_to(np.asarray(value, np.float32), (b,)) for value in (sigma, sigma_prev))
@@ -419,18 +415,20 @@ def _check_noise(kind, noise_level, eta, sigma_max, sigma_min):
     raise ValueError(f"kind 'wan' needs sigma_min <= sigma_max, got {sigma_min!r} > {value!r}")
 
 
-def _check_mask(mask, shape):
+def _check_optional_mask(mask, shape):
+  if mask is None:
+    return
   prefixes = [tuple(shape[:k]) for k in range(1, len(shape) + 1)]
   if not hasattr(mask, "shape") or tuple(mask.shape) not in prefixes:
     raise ValueError(f"mask must have a leading prefix of the latents' shape ({', '.join(map(str, prefixes))}), "
-                     f"got {_describe(mask)}")
+                     f"got {describe(mask)}")
 
 
 def _check_sde_steps(sde_steps, num_steps) -> jax.Array:
   if sde_steps is None:
     return jnp.arange(num_steps) < num_steps - 1
   if not hasattr(sde_steps, "shape") or tuple(sde_steps.shape) != (num_steps,) or sde_steps.dtype != bool:
-    raise ValueError(f"sde_steps must be a bool [num_steps]=[{num_steps}] array, got {_describe(sde_steps)}")
+    raise ValueError(f"sde_steps must be a bool [num_steps]=[{num_steps}] array, got {describe(sde_steps)}")
   return jnp.asarray(sde_steps)
 
 
@@ -441,23 +439,3 @@ def _check_window_range(window_range, num_steps):
     raise ValueError(f"window_range must be (lo, hi) ints with 0 <= lo < hi <= num_steps - 1 = {num_steps - 1} "
                      f"(the terminal step is never trained), got {window_range!r}")
   return int(window_range[0]), int(window_range[1])
-
-
-def _check_same_shape(name, x, ref_name, ref):
-  if not hasattr(x, "shape") or tuple(x.shape) != tuple(ref.shape) or not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(f"{name} must be a float array shaped like {ref_name} {tuple(ref.shape)}, got {_describe(x)}")
-
-
-def _check_int(name, value, minimum):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _describe(x) -> str:
-  if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-    return f"a {type(x).__name__}"
-  return f"shape {tuple(x.shape)} dtype {x.dtype}"
-
-
-def _f32(x) -> jax.Array:
-  return jnp.asarray(x).astype(jnp.float32)

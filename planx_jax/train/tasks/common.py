@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax import dit as dit_api
+from planx_jax import dit
+from planx_jax.conditioning import first_frame_mask
 from planx_jax.losses import flow as flow_lib
 from planx_jax.losses.lm import chunked_masked_nll, next_token_targets
 from planx_jax.models.dit import DiT
@@ -117,7 +118,7 @@ def flow_loss_per_example(rng, dit_config: DiTConfig, dit_params, batch, semanti
   noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
   sigma = sampling.sample(k_sigma, (b,))  # [B]
   i2v = jax.random.bernoulli(k_i2v, i2v_prob, (b,)) & batch["has_first_frame"]
-  frame_mask = flow_lib.first_frame_mask(b, f, i2v.astype(jnp.int32))  # [B, F], 0 on the given frame
+  frame_mask = first_frame_mask(b, f, i2v.astype(jnp.int32))  # [B, F], 0 on the given frame
   x_s = flow_lib.interpolate(x0, noise, flow_lib.per_frame_sigmas(sigma, frame_mask))
   pt, ph, pw = dit_config.patch_size
   tokens_per_frame = (x0.shape[2] // ph) * (x0.shape[3] // pw)
@@ -142,8 +143,8 @@ def mean_flow_loss(per_example, dropped, normalizers) -> tuple[jax.Array, dict]:
 
 def export_dit(dit_config: DiTConfig, params, directory) -> None:
   """The DiT as a diffusers directory `dit_diffusers/` (with semantic_branch.* when it has the branch)."""
-  dit_api.save_diffusers(dit_config, jax.tree.map(np.asarray, params), os.path.join(directory, "dit_diffusers"),
-                         overwrite=True)
+  dit.save_diffusers(dit_config, jax.tree.map(np.asarray, params), os.path.join(directory, "dit_diffusers"),
+                     overwrite=True)
 
 
 # --- FLOP estimates -----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from planx_jax import dit as dit_api
+from planx_jax import dit
 from planx_jax.losses import flow as flow_lib
 from planx_jax.models.dit import DiT
 from planx_jax.models.dit_config import DiTConfig
@@ -83,10 +83,10 @@ class DiTFlowGRPO(Task):
   def init_params(self, rng) -> dict:
     if self.semantic_dim:
       return {"dit": init_dit_with_branch(self.dit_config, rng)}
-    return {"dit": dit_api.init_base_stand_in(self.dit_config, rng)}
+    return {"dit": dit.init_base_stand_in(self.dit_config, rng)}
 
   def param_logical_axes(self) -> dict:
-    return {"dit": dit_api.param_logical_axes(self.dit_config)}
+    return {"dit": dit.param_logical_axes(self.dit_config)}
 
   def pretrained_params(self) -> dict:
     loaded = load_dit(self.config, self.dit_config) if self.semantic_dim else load_base_dit(self.config,
@@ -174,7 +174,7 @@ class DiTFlowGRPO(Task):
   def model_flops(self, batch_size: int) -> float:
     s = self.shapes
     tokens = common.video_tokens(self.dit_config, s.latent_shape)
-    n = dit_api.param_count(self.dit_config)
+    n = dit.param_count(self.dit_config)
     passes = 1 if float(self.config.rl.guidance_scale) == 1.0 else 2  # CFG: a conditional and a null pass
     return passes * common.dit_flops(self.dit_config, n, n if not self.lora_rank else 0, batch_size, tokens,
                                      s.text_shape[0], self.num_semantic)

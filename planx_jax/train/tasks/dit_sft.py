@@ -5,7 +5,7 @@
 import jax
 import jax.numpy as jnp
 
-from planx_jax import dit as dit_api
+from planx_jax import dit
 from planx_jax.models.dit_config import DiTConfig
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
@@ -37,10 +37,10 @@ class DiTSFT(Task):
     self.sampling = timestep_sampling(config)
 
   def init_params(self, rng) -> dict:
-    return {"dit": dit_api.init_params(self.dit_config, rng)}
+    return {"dit": dit.init_params(self.dit_config, rng)}
 
   def param_logical_axes(self) -> dict:
-    return {"dit": dit_api.param_logical_axes(self.dit_config)}
+    return {"dit": dit.param_logical_axes(self.dit_config)}
 
   def pretrained_params(self) -> dict:
     loaded = load_base_dit(self.config, self.dit_config)
@@ -62,7 +62,7 @@ class DiTSFT(Task):
   def model_flops(self, batch_size: int) -> float:
     s = self.shapes
     tokens = common.video_tokens(self.dit_config, s.latent_shape)
-    n = dit_api.param_count(self.dit_config)
+    n = dit.param_count(self.dit_config)
     return common.dit_flops(self.dit_config, n, n if not self.lora_rank else 0, batch_size, tokens,
                             s.text_shape[0], 0)
 

@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax import dit as dit_api
-from planx_jax import tatok as tatok_api
+from planx_jax import dit, tatok
 from planx_jax.data.conversation import PLAN_FRAME_CODES
 from planx_jax.losses import flow as flow_lib
 from planx_jax.models.dit_config import DiTConfig
@@ -30,7 +29,7 @@ def build_dit_config(config, semantic_in_dim: int) -> DiTConfig:
 def init_dit_with_branch(dit_config: DiTConfig, rng) -> dict:
   """Random (jittable) DiT params standing in for a pretrained base (`dit.init_base_stand_in`), whose semantic
   k / v / norm start as copies of the text ones (Plan-X 6.2)."""
-  params = dit_api.init_base_stand_in(dit_config, rng)
+  params = dit.init_base_stand_in(dit_config, rng)
   blocks = [k for k in params if k == "blocks" or k.startswith("blocks_")]
   for key in blocks:
     cross = dict(params[key]["cross_attn"])
@@ -52,7 +51,7 @@ def load_dit(config, dit_config: DiTConfig) -> dict:
 
 
 def load_dit_checkpoint(path, dit_config: DiTConfig):
-  loaded_config, params, _ = dit_api.load_checkpoint(path, scan_layers=dit_config.scan_layers)
+  loaded_config, params, _ = dit.load_checkpoint(path, scan_layers=dit_config.scan_layers)
   return loaded_config, params
 
 
@@ -82,7 +81,7 @@ class DiTStage1(Task):
     return {"dit": init_dit_with_branch(self.dit_config, k_dit), "codebook": codebook}
 
   def param_logical_axes(self) -> dict:
-    return {"dit": dit_api.param_logical_axes(self.dit_config),
+    return {"dit": dit.param_logical_axes(self.dit_config),
             "codebook": jax.sharding.PartitionSpec(None, None)}
 
   def pretrained_params(self) -> dict:
@@ -92,11 +91,11 @@ class DiTStage1(Task):
       out["dit"] = loaded
     path = self.config.tatok.checkpoint
     if path:
-      tatok_config, tatok_params, _ = tatok_api.load_checkpoint(path)
+      tatok_config, tatok_params, _ = tatok.load_checkpoint(path)
       if (tatok_config.codebook_size, tatok_config.code_dim) != (self.codebook_size, self.code_dim):
         raise ValueError(f"tatok.checkpoint {path} has {tatok_config.codebook_size} codes of width "
                          f"{tatok_config.code_dim}; the config says {self.codebook_size} x {self.code_dim}")
-      out["codebook"] = np.asarray(tatok_api.codebook_vectors(tatok_config, tatok_params))
+      out["codebook"] = np.asarray(tatok.codebook_vectors(tatok_config, tatok_params))
       logging.info("tatok: codebook from %s", path)
     return out
 

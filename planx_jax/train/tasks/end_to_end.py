@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax import dit as dit_api
-from planx_jax import planner as planner_api
+from planx_jax import dit, planner
 from planx_jax.models.dit_semantic import semantic_branch_labels
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
@@ -42,28 +41,28 @@ class EndToEnd(Task):
 
   def init_params(self, rng) -> dict:
     k_planner, k_dit = jax.random.split(rng)
-    return {"planner": planner_api.init_params(self.planner_config, k_planner),
+    return {"planner": planner.init_params(self.planner_config, k_planner),
             "dit": init_dit_with_branch(self.dit_config, k_dit)}
 
   def param_logical_axes(self) -> dict:
-    return {"planner": planner_api.param_logical_axes(self.planner_config),
-            "dit": dit_api.param_logical_axes(self.dit_config)}
+    return {"planner": planner.param_logical_axes(self.planner_config),
+            "dit": dit.param_logical_axes(self.dit_config)}
 
   def pretrained_params(self) -> dict:
     out = {}
-    planner = load_planner(self.config, self.planner_config)
-    if planner:
-      out["planner"] = planner
-    dit = load_dit(self.config, self.dit_config)
-    if dit:
-      out["dit"] = dit
+    planner_params = load_planner(self.config, self.planner_config)
+    if planner_params:
+      out["planner"] = planner_params
+    dit_params = load_dit(self.config, self.dit_config)
+    if dit_params:
+      out["dit"] = dit_params
     return out
 
   def trainable(self, params):
-    dit = jax.tree.map(lambda _: True, params["dit"])
+    dit_mask = jax.tree.map(lambda _: True, params["dit"])
     if self.config.dit_trainable == "semantic_branch":
-      dit = jax.tree.map(lambda label: label == "trainable", semantic_branch_labels(params["dit"]))
-    return {"planner": jax.tree.map(lambda _: True, params["planner"]), "dit": dit}
+      dit_mask = jax.tree.map(lambda label: label == "trainable", semantic_branch_labels(params["dit"]))
+    return {"planner": jax.tree.map(lambda _: True, params["planner"]), "dit": dit_mask}
 
   def always_trainable(self, params):
     return {"planner": jax.tree.map(lambda _: False, params["planner"]),
@@ -93,15 +92,15 @@ class EndToEnd(Task):
   def model_flops(self, batch_size: int) -> float:
     s = self.shapes
     tokens = common.video_tokens(self.dit_config, s.latent_shape)
-    n_dit = dit_api.param_count(self.dit_config)
+    n_dit = dit.param_count(self.dit_config)
     n_dit_train = n_dit if self.config.dit_trainable == "all" else 0
-    return (common.planner_flops(self.planner_config, planner_api.param_count(self.planner_config), batch_size,
+    return (common.planner_flops(self.planner_config, planner.param_count(self.planner_config), batch_size,
                                  self.seq_len, True)
             + common.dit_flops(self.dit_config, n_dit, n_dit_train, batch_size, tokens, s.text_shape[0],
                                self.num_semantic))
 
   def export(self, params, directory) -> None:
     params = jax.tree.map(np.asarray, self.effective_params(params))
-    planner_api.save_hf(self.planner_config, params["planner"], os.path.join(directory, "planner_hf"),
-                        overwrite=True)
+    planner.save_hf(self.planner_config, params["planner"], os.path.join(directory, "planner_hf"),
+                    overwrite=True)
     common.export_dit(self.dit_config, params["dit"], directory)

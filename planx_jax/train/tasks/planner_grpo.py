@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from planx_jax import planner as planner_api
+from planx_jax import planner
 from planx_jax.data.conversation import PLAN_FRAME_CODES
 from planx_jax.losses import rl as rl_losses
 from planx_jax.losses.lm import next_token_targets
@@ -101,5 +101,5 @@ class PlannerGRPO(PlannerTask):
 
   def model_flops(self, batch_size: int) -> float:
     # With LoRA the base weights get no gradient: forward + activation gradients only (the factors are tiny).
-    return common.planner_flops(self.planner_config, planner_api.param_count(self.planner_config), batch_size,
+    return common.planner_flops(self.planner_config, planner.param_count(self.planner_config), batch_size,
                                 self.seq_len, not self.lora_rank)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax import planner as planner_api
+from planx_jax import planner
 from planx_jax.data.tokenizer import build_tiny_tokenizer, load_tokenizer, plan_tokens_from_tokenizer
 from planx_jax.models.planner_config import PlannerConfig
 from planx_jax.train.tasks import common
@@ -31,7 +31,7 @@ def build_planner_config(config) -> PlannerConfig:
 def load_planner(config, planner_config: PlannerConfig) -> dict:
   """Host params from `planner.checkpoint` (a planx planner checkpoint), checked against the run's config."""
   def load(path):
-    loaded_config, params, _, _ = planner_api.load_checkpoint(path, scan_layers=planner_config.scan_layers)
+    loaded_config, params, _ = planner.load_checkpoint(path, scan_layers=planner_config.scan_layers)
     return loaded_config, params
 
   return common.read_checkpoint("planner", config.planner.checkpoint, load, planner_config,
@@ -50,10 +50,10 @@ class PlannerTask(Task):
     self.seq_len = int(config.data.seq_len)
 
   def init_params(self, rng) -> dict:
-    return {"planner": planner_api.init_params(self.planner_config, rng)}
+    return {"planner": planner.init_params(self.planner_config, rng)}
 
   def param_logical_axes(self) -> dict:
-    return {"planner": planner_api.param_logical_axes(self.planner_config)}
+    return {"planner": planner.param_logical_axes(self.planner_config)}
 
   def pretrained_params(self) -> dict:
     loaded = load_planner(self.config, self.planner_config)
@@ -64,7 +64,7 @@ class PlannerTask(Task):
 
   def export(self, params, directory) -> None:
     params = jax.tree.map(np.asarray, self.effective_params(params)["planner"])
-    planner_api.save_hf(self.planner_config, params, os.path.join(directory, "planner_hf"), overwrite=True)
+    planner.save_hf(self.planner_config, params, os.path.join(directory, "planner_hf"), overwrite=True)
 
 
 class PlannerSFT(PlannerTask):
@@ -89,5 +89,5 @@ class PlannerSFT(PlannerTask):
     return loss, {"ce_loss": loss}
 
   def model_flops(self, batch_size: int) -> float:
-    return common.planner_flops(self.planner_config, planner_api.param_count(self.planner_config), batch_size,
+    return common.planner_flops(self.planner_config, planner.param_count(self.planner_config), batch_size,
                                 self.seq_len, True)

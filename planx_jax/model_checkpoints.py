@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from planx_jax.convert.safetensors_io import atomic_directory
+from planx_jax.io_utils import atomic_directory
 
 FORMAT_VERSION = 1
 META_FILE = "planx.json"
@@ -89,22 +89,6 @@ def restore_params(path: str | os.PathLike, abstract_params: Any) -> Any:
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
   return checkpointer.restore(path, jax.tree.map(with_sharding, abstract_params))
-
-
-def load_model(path: str | os.PathLike, *, kind: str, config_cls, abstract_params_fn,
-               runtime_fields: set[str] | frozenset[str], overrides: dict[str, Any]):
-  """Reads a `kind` checkpoint -> (config with `overrides`, params, meta).
-
-  Only `runtime_fields` (dtypes, kernels, layer layout) may be overridden: the
-  params are restored into the stored architecture's shapes (`abstract_params_fn`).
-  """
-  architecture = sorted(set(overrides) - set(runtime_fields))
-  if architecture:
-    raise ValueError(f"load_checkpoint cannot override {architecture}: only run-time fields {sorted(runtime_fields)} "
-                     "may change after training")
-  meta = load_meta(path, kind)
-  stored = config_cls.from_dict(meta["config"])
-  return stored.replace(**overrides), restore_params(path, abstract_params_fn(stored)), meta
 
 
 def tokenizer_dir(path: str | os.PathLike) -> Path | None:

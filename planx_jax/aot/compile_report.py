@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 
-from planx_jax.parallel.hlo_stats import COLLECTIVES, Collective, CollectiveSite, hlo_stats
+from planx_jax.aot.hlo_stats import COLLECTIVES, Collective, CollectiveSite, hlo_stats
 
 log = logging.getLogger(__name__)
 
