@@ -14,10 +14,10 @@ from planx_jax import tatok
 from planx_jax.data import pixel_codec, world
 from planx_jax.data.conversation import build_plan_conversation
 from planx_jax.demo.assets import Encoders, encode_clips
+from planx_jax.models.dit_semantic import keyframe_positions
 from planx_jax.sampling import SamplingConfig, sample_plans
 from planx_jax.sampling.dit_sampling import sample_latents
 from planx_jax.sampling.plan_semantics import plan_semantics
-from planx_jax.train.tasks.common import keyframe_positions
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,9 +17,9 @@ from planx_jax import tatok
 from planx_jax.configs import demo as demo_configs
 from planx_jax.data import world
 from planx_jax.data.tfds_builder import load_dataset
+from planx_jax.data.tokenizer import planner_tokenizer
 from planx_jax.demo import assets, generation, pictures, stages
 from planx_jax.eval import judge
-from planx_jax.train.tasks.planner_sft import planner_tokenizer
 from planx_jax.video_io import contact_sheet, write_mp4, write_png
 
 log = logging.getLogger("planx.demo")

@@ -13,9 +13,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from planx_jax.data.tokenizer import planner_tokenizer
 from planx_jax.losses.flow import first_frame_mask
 from planx_jax.train.experiment import Experiment
-from planx_jax.train.tasks.planner_sft import planner_tokenizer
 
 log = logging.getLogger("planx.rl")
 

@@ -16,12 +16,12 @@ from planx_jax import parallel
 from planx_jax.data.pipeline import DIT_STAGES, make_iterator
 from planx_jax.data.synthetic import SyntheticSource
 from planx_jax.data.tfds_builder import load_dataset
+from planx_jax.data.tokenizer import planner_tokenizer
 from planx_jax.train import defaults
 from planx_jax.train.optimizer import adamw, learning_rate_schedule
 from planx_jax.train.state import TrainState, new_state
 from planx_jax.train.step import make_train_step, partition
 from planx_jax.train.tasks import TASKS
-from planx_jax.train.tasks.planner_sft import planner_tokenizer
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:

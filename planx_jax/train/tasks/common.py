@@ -1,4 +1,4 @@
-"""Pieces the three Plan-X training tasks share: model configs from the experiment config, the planner's
+"""Pieces the training tasks share: model configs, inits and checkpoints from the experiment config, the planner's
 first-frame dropout and cross-entropy, the DiT flow loss with first-frame conditioning and text drop, and model
 FLOP estimates. Not the step (train/step.py) and not the data (data/pipeline.py)."""
 
@@ -10,16 +10,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from planx_jax import dit as dit_api
+from planx_jax import planner as planner_api
+from planx_jax.data.conversation import PLAN_FRAME_CODES
 from planx_jax.losses import flow as flow_lib
 from planx_jax.losses.lm import chunked_masked_nll, next_token_targets
 from planx_jax.models.dit import DiT
 from planx_jax.models.dit_config import DiTConfig
-from planx_jax.models.dit_semantic import semantic_positions
+from planx_jax.models.dit_semantic import add_semantic_branch, copy_text_to_semantic
 from planx_jax.models.planner import Planner
 from planx_jax.models.planner_config import PlannerConfig
 
 # Config fields of a model section: a preset name, field overrides, an optional checkpoint to start from.
 MODEL_SECTION_KEYS = ("preset", "overrides", "checkpoint")
+CODES_PER_KEYFRAME = PLAN_FRAME_CODES  # 9 x 9 TA-Tok scale-2 codes
+# DiT config fields a checkpoint must share with the run (semantic_in_dim is checked after adding a branch).
+DIT_CHECKED_FIELDS = ("dim", "num_layers", "in_channels", "text_dim", "ffn_dim", "patch_size", "semantic_in_dim")
 
 
 def model_config(cls, section, compute_dtype: str, remat: str, **extra):
@@ -55,6 +60,20 @@ def read_checkpoint(section: str, path: str, load, expected, fields, adapt=None)
 
 
 # --- planner ------------------------------------------------------------------------------------------------
+
+def build_planner_config(config) -> PlannerConfig:
+  return model_config(PlannerConfig, config.planner, config.precision.compute_dtype, config.remat)
+
+
+def load_planner(config, planner_config: PlannerConfig) -> dict:
+  """Host params from `planner.checkpoint` (a planx planner checkpoint), checked against the run's config."""
+  def load(path):
+    loaded_config, params, _, _ = planner_api.load_checkpoint(path, scan_layers=planner_config.scan_layers)
+    return loaded_config, params
+
+  return read_checkpoint("planner", config.planner.checkpoint, load, planner_config,
+                         ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"))
+
 
 def first_frame_zero_mask(rng, batch, drop_prob: float) -> jax.Array:
   """[B, L] bool: the first-frame code tokens whose embeddings are zeroed (Plan-X's T2V / I2V hybrid).
@@ -94,11 +113,50 @@ def num_target_tokens(batch) -> jax.Array:
 
 # --- DiT ----------------------------------------------------------------------------------------------------
 
-def keyframe_positions(dit_config: DiTConfig, latent_shape, keyframes, video_fps: float) -> np.ndarray:
-  """[S, 3] float (f, h, w) positions of the 9x9 code maps of `keyframes` on the latent-token grid."""
-  f, h, w = latent_shape[:3]
-  pt, ph, pw = dit_config.patch_size
-  return semantic_positions((f // pt, h // ph, w // pw), keyframes, video_fps=video_fps, patch_t=pt)
+def build_dit_config(config, semantic_in_dim: int | None = None) -> DiTConfig:
+  """The run's DiTConfig; `semantic_in_dim` set: a Plan-X DiT whose semantic branch reads vectors of that width."""
+  extra = {} if semantic_in_dim is None else {"semantic_in_dim": int(semantic_in_dim)}
+  return model_config(DiTConfig, config.dit, config.precision.compute_dtype, config.remat, **extra)
+
+
+def init_dit_with_branch(dit_config: DiTConfig, rng) -> dict:
+  """Random (jittable) DiT params standing in for a pretrained base (`dit.init_base_stand_in`), whose semantic
+  k / v / norm start as copies of the text ones (Plan-X 6.2)."""
+  return copy_text_to_semantic(dit_api.init_base_stand_in(dit_config, rng))
+
+
+def load_dit_checkpoint(path, dit_config: DiTConfig):
+  loaded_config, params, _ = dit_api.load_checkpoint(path, scan_layers=dit_config.scan_layers)
+  return loaded_config, params
+
+
+def load_dit(config, dit_config: DiTConfig) -> dict:
+  """Host params from `dit.checkpoint` (a planx DiT checkpoint, with or without the semantic branch) for a Plan-X
+  DiT: a base checkpoint gets the branch added."""
+  def with_branch(loaded_config, params):
+    if loaded_config.semantic_in_dim is None:
+      loaded_config, params = add_semantic_branch(loaded_config, params, dit_config.semantic_in_dim)
+    return loaded_config, params
+
+  return read_checkpoint("dit", config.dit.checkpoint, lambda p: load_dit_checkpoint(p, dit_config), dit_config,
+                         DIT_CHECKED_FIELDS, adapt=with_branch)
+
+
+def load_base_dit(config, dit_config: DiTConfig) -> dict:
+  """Host params from `dit.checkpoint`, which must be a base DiT (no semantic branch) of the configured shape."""
+  def no_branch(loaded_config, params):
+    if loaded_config.semantic_in_dim is not None:
+      raise ValueError(f"dit.checkpoint {config.dit.checkpoint} has a semantic branch; dit_sft trains the base DiT "
+                       "without one")
+    return loaded_config, params
+
+  return read_checkpoint("dit", config.dit.checkpoint, lambda p: load_dit_checkpoint(p, dit_config), dit_config,
+                         DIT_CHECKED_FIELDS, adapt=no_branch)
+
+
+def timestep_sampling(config) -> flow_lib.TimestepSampling:
+  t = config.timesteps
+  return flow_lib.TimestepSampling(kind=t.kind, mean=float(t.mean), std=float(t.std), shift=float(t.shift))
 
 
 def flow_loss_per_example(rng, dit_config: DiTConfig, dit_params, batch, semantic, positions, semantic_mask=None, *,

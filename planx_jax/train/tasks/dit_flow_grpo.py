@@ -16,13 +16,12 @@ from planx_jax import dit as dit_api
 from planx_jax.losses import flow as flow_lib
 from planx_jax.models.dit import DiT
 from planx_jax.models.dit_config import DiTConfig
+from planx_jax.models.dit_semantic import keyframe_positions
 from planx_jax.sampling import flow_sde
 from planx_jax.sampling.dit_sampling import per_token_timesteps
 from planx_jax.sampling.flow_schedulers import euler_sigmas
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
-from planx_jax.train.tasks.dit_sft import load_base_dit
-from planx_jax.train.tasks.dit_stage1 import CODES_PER_KEYFRAME, build_dit_config, init_dit_with_branch, load_dit
 
 SDE_KINDS = ("flow_grpo", "wan", "cps", "dance")
 
@@ -51,10 +50,7 @@ class DiTFlowGRPO(Task):
     super().__init__(config)
     rl = config.rl
     self.semantic_dim = int(rl.semantic_dim)
-    if self.semantic_dim:
-      self.dit_config = build_dit_config(config, self.semantic_dim)
-    else:
-      self.dit_config = common.model_config(DiTConfig, config.dit, config.precision.compute_dtype, config.remat)
+    self.dit_config = common.build_dit_config(config, self.semantic_dim or None)
     if rl.sde not in SDE_KINDS:
       raise ValueError(f"rl.sde must be one of {SDE_KINDS}, got {rl.sde!r}")
     if int(rl.group_size) < 2:
@@ -73,24 +69,24 @@ class DiTFlowGRPO(Task):
     k = int(self.shapes.num_keyframes)
     self.positions = None
     if self.semantic_dim:  # the plan's K keyframes of 81 codes, first frame included (stage-1 semantic input)
-      self.positions = common.keyframe_positions(self.dit_config, tuple(self.shapes.latent_shape), list(range(k)),
-                                                 float(config.video_fps))  # [K * 81, 3]
+      self.positions = keyframe_positions(self.dit_config, tuple(self.shapes.latent_shape), list(range(k)),
+                                          float(config.video_fps))  # [K * 81, 3]
 
   @property
   def num_semantic(self) -> int:
-    return int(self.shapes.num_keyframes) * CODES_PER_KEYFRAME if self.semantic_dim else 0
+    return int(self.shapes.num_keyframes) * common.CODES_PER_KEYFRAME if self.semantic_dim else 0
 
   def init_params(self, rng) -> dict:
     if self.semantic_dim:
-      return {"dit": init_dit_with_branch(self.dit_config, rng)}
+      return {"dit": common.init_dit_with_branch(self.dit_config, rng)}
     return {"dit": dit_api.init_base_stand_in(self.dit_config, rng)}
 
   def param_logical_axes(self) -> dict:
     return {"dit": dit_api.param_logical_axes(self.dit_config)}
 
   def pretrained_params(self) -> dict:
-    loaded = load_dit(self.config, self.dit_config) if self.semantic_dim else load_base_dit(self.config,
-                                                                                             self.dit_config)
+    load = common.load_dit if self.semantic_dim else common.load_base_dit
+    loaded = load(self.config, self.dit_config)
     return {"dit": loaded} if loaded else {}
 
   def trainable(self, params):

@@ -10,12 +10,9 @@ import numpy as np
 
 from planx_jax import dit as dit_api
 from planx_jax import planner as planner_api
-from planx_jax.models.dit_semantic import semantic_branch_labels
+from planx_jax.models.dit_semantic import keyframe_positions, semantic_branch_labels
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
-from planx_jax.train.tasks.dit_stage1 import (CODES_PER_KEYFRAME, build_dit_config, init_dit_with_branch, load_dit,
-                                              timestep_sampling)
-from planx_jax.train.tasks.planner_sft import build_planner_config, load_planner
 
 DIT_TRAINABLE = ("all", "semantic_branch")
 
@@ -26,24 +23,24 @@ class EndToEnd(Task):
 
   def __init__(self, config):
     super().__init__(config)
-    self.planner_config = build_planner_config(config)
-    self.dit_config = build_dit_config(config, self.planner_config.hidden_size)
+    self.planner_config = common.build_planner_config(config)
+    self.dit_config = common.build_dit_config(config, self.planner_config.hidden_size)
     self.seq_len = int(config.data.seq_len)
     self.shapes = config.data.shapes
-    self.sampling = timestep_sampling(config)
+    self.sampling = common.timestep_sampling(config)
     if config.dit_trainable not in DIT_TRAINABLE:
       raise ValueError(f"dit_trainable must be one of {DIT_TRAINABLE}, got {config.dit_trainable!r}")
     k = int(self.shapes.num_keyframes)
     if k < 2:
       raise ValueError(f"end_to_end needs at least 2 keyframes (the first is given, the rest planned), got {k}")
-    self.num_semantic = (k - 1) * CODES_PER_KEYFRAME
-    self.positions = common.keyframe_positions(self.dit_config, tuple(self.shapes.latent_shape), list(range(1, k)),
-                                               float(config.video_fps))  # [(K - 1) * 81, 3]
+    self.num_semantic = (k - 1) * common.CODES_PER_KEYFRAME
+    self.positions = keyframe_positions(self.dit_config, tuple(self.shapes.latent_shape), list(range(1, k)),
+                                        float(config.video_fps))  # [(K - 1) * 81, 3]
 
   def init_params(self, rng) -> dict:
     k_planner, k_dit = jax.random.split(rng)
     return {"planner": planner_api.init_params(self.planner_config, k_planner),
-            "dit": init_dit_with_branch(self.dit_config, k_dit)}
+            "dit": common.init_dit_with_branch(self.dit_config, k_dit)}
 
   def param_logical_axes(self) -> dict:
     return {"planner": planner_api.param_logical_axes(self.planner_config),
@@ -51,10 +48,10 @@ class EndToEnd(Task):
 
   def pretrained_params(self) -> dict:
     out = {}
-    planner = load_planner(self.config, self.planner_config)
+    planner = common.load_planner(self.config, self.planner_config)
     if planner:
       out["planner"] = planner
-    dit = load_dit(self.config, self.dit_config)
+    dit = common.load_dit(self.config, self.dit_config)
     if dit:
       out["dit"] = dit
     return out

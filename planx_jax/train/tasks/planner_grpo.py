@@ -14,10 +14,11 @@ from jax.sharding import PartitionSpec as P
 
 from planx_jax import planner as planner_api
 from planx_jax.data.conversation import PLAN_FRAME_CODES
+from planx_jax.data.tokenizer import planner_tokenizer
 from planx_jax.losses import rl as rl_losses
 from planx_jax.losses.lm import next_token_targets
 from planx_jax.train.tasks import common
-from planx_jax.train.tasks.planner_sft import PlannerTask, planner_tokenizer
+from planx_jax.train.tasks.planner_sft import PlannerTask
 
 LEVELS = rl_losses.IMPORTANCE_LEVELS
 LOSS_TYPES = rl_losses.LOSS_TYPES

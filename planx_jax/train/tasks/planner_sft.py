@@ -8,34 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from planx_jax import planner as planner_api
-from planx_jax.data.tokenizer import build_tiny_tokenizer, load_tokenizer, plan_tokens_from_tokenizer
-from planx_jax.models.planner_config import PlannerConfig
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
-
-
-def planner_tokenizer(config):
-  """(tokenizer, PlanTokens) of the run: `planner.tokenizer` (a directory) or the tiny test tokenizer."""
-  path = config.planner.tokenizer
-  if path:
-    tokenizer = load_tokenizer(path)
-    return tokenizer, plan_tokens_from_tokenizer(tokenizer, int(config.codebook_size))
-  tokenizer = build_tiny_tokenizer(int(config.codebook_size))
-  return tokenizer, plan_tokens_from_tokenizer(tokenizer, int(config.codebook_size))
-
-
-def build_planner_config(config) -> PlannerConfig:
-  return common.model_config(PlannerConfig, config.planner, config.precision.compute_dtype, config.remat)
-
-
-def load_planner(config, planner_config: PlannerConfig) -> dict:
-  """Host params from `planner.checkpoint` (a planx planner checkpoint), checked against the run's config."""
-  def load(path):
-    loaded_config, params, _, _ = planner_api.load_checkpoint(path, scan_layers=planner_config.scan_layers)
-    return loaded_config, params
-
-  return common.read_checkpoint("planner", config.planner.checkpoint, load, planner_config,
-                                ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"))
 
 
 class PlannerTask(Task):
@@ -46,7 +20,7 @@ class PlannerTask(Task):
 
   def __init__(self, config):
     super().__init__(config)
-    self.planner_config = build_planner_config(config)
+    self.planner_config = common.build_planner_config(config)
     self.seq_len = int(config.data.seq_len)
 
   def init_params(self, rng) -> dict:
@@ -56,7 +30,7 @@ class PlannerTask(Task):
     return {"planner": planner_api.param_logical_axes(self.planner_config)}
 
   def pretrained_params(self) -> dict:
-    loaded = load_planner(self.config, self.planner_config)
+    loaded = common.load_planner(self.config, self.planner_config)
     return {"planner": loaded} if loaded else {}
 
   def trainable(self, params):
