@@ -7,6 +7,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from planx_jax import dit as dit_api
@@ -25,6 +26,55 @@ MODEL_SECTION_KEYS = ("preset", "overrides", "checkpoint")
 CODES_PER_KEYFRAME = PLAN_FRAME_CODES  # 9 x 9 TA-Tok scale-2 codes
 # DiT config fields a checkpoint must share with the run (semantic_in_dim is checked after adding a branch).
 DIT_CHECKED_FIELDS = ("dim", "num_layers", "in_channels", "text_dim", "ffn_dim", "patch_size", "semantic_in_dim")
+
+
+# --- config sections (`Task.add_config`) --------------------------------------------------------------------
+
+def model_section(preset: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({"preset": preset, "overrides": ml_collections.ConfigDict(), "checkpoint": ""})
+
+
+def add_planner_sections(c: ml_collections.ConfigDict) -> None:
+  """The planner (Qwen2.5 1.5B), its tokenizer and the chunk of its chunked log-softmax."""
+  c.planner = model_section("qwen2_5_1_5b")
+  c.planner.tokenizer = ""  # a tokenizer directory; "" = the tiny test tokenizer
+  c.ce_chunk = 512  # sequence positions per chunk of the chunked log-softmax (CE, RL log-probs)
+
+
+def add_flow_sections(c: ml_collections.ConfigDict, text_drop: tuple[float, float, int]) -> None:
+  """The DiT (Wan2.2 TI2V 5B) trained on rectified flow: timestep sampling, TI2V, text drop (start, end, ramp)."""
+  c.dit = model_section("wan2_2_ti2v_5b")
+  c.timesteps = ml_collections.ConfigDict({"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 1.0})
+  c.i2v_prob = 0.5  # first latent frame given (TI2V) with this probability where the example has one
+  # Text states replaced by zeros (the CFG negative) with probability `start` at step 0, linear to `end` at
+  # `ramp_steps`, `end` afterwards (start = end: a constant probability).
+  start, end, ramp_steps = text_drop
+  c.text_drop = ml_collections.ConfigDict({"start": start, "end": end, "ramp_steps": ramp_steps})
+
+
+def add_rl_sections(c: ml_collections.ConfigDict, reward: str) -> None:
+  """RL post-training: `rl` (group sampling, the surrogate, KL, advantages), `env` (where prompts and rewards come
+  from). batch_size counts rows: planner_grpo rows are sampled plans (prompts x group_size), dit_flow_grpo rows are
+  trained transitions (prompts x group_size x rl.train_steps)."""
+  c.rl = ml_collections.ConfigDict({
+      "group_size": 8,  # G plans / N videos per prompt (ReaDe 8 rollouts; TempAct N = 8 continuations)
+      "reward": reward,  # a name in planx_jax.rewards
+      "advantage_scale": "group", "advantage_eps": 1e-4, "advantage_ddof": 1,  # TRL's conventions
+      "advantage_clip": 0.0,  # 0 = off; Flow-GRPO clips at 5, TempAct's executor at 2
+      "eps_low": 0.2, "eps_high": 0.2,  # PPO clip range (GSPO / Flow-GRPO use tiny ones)
+      "beta": 0.0,  # KL weight to the frozen reference (the LoRA base, or the initial params)
+      "kl": "k3", "log_ratio_clip": 20.0})  # one update per rollout batch (TRL's and Flow-GRPO's default)
+  c.env = ml_collections.ConfigDict({
+      "kind": "world",  # the demo world: verifiable rewards from the colour-segmentation judge
+      "demo_dir": "",  # a `planx demo` output directory (its models/ seed the policy when checkpoints are unset)
+      "split": "train", "num_prompts": 512, "seed": 0,
+      "kmeans_frames": 0, "kmeans_iters": 0})  # TA-Tok k-means sizes; 0 = the demo's (codes match its models)
+
+
+def text_drop(config, step) -> jax.Array:
+  """The text-drop probability at `step` (traced) from the `text_drop` section."""
+  t = config.text_drop
+  return flow_lib.text_drop_prob(step, float(t.start), float(t.end), ramp_steps=int(t.ramp_steps))
 
 
 def model_config(cls, section, compute_dtype: str, remat: str, **extra):

@@ -44,6 +44,20 @@ def guided_velocity(dit_config: DiTConfig, params, x, timesteps, text_emb, guida
 
 class DiTFlowGRPO(Task):
   stage = "dit_flow_grpo"
+  batch_source = "rollout"  # SDE transitions of sampled videos (planx_jax.rl)
+
+  @classmethod
+  def add_config(cls, c) -> None:
+    c.dit = common.model_section("wan2_2_ti2v_5b")
+    common.add_rl_sections(c, reward="world_video")
+    c.rl.sde = "flow_grpo"  # flow_grpo / wan / cps / dance
+    c.rl.noise_level = 0.7
+    c.rl.num_sampling_steps = 10
+    c.rl.train_steps = 2  # denoising steps trained per video (a random window among the first 99 %: "fast")
+    c.rl.shift = 3.0
+    c.rl.guidance_scale = 4.0  # CFG in sampling and in the trained velocity (Flow-GRPO does both)
+    c.rl.ratio_norm = False  # GRPO-Guard's RatioNorm
+    c.rl.semantic_dim = 0  # > 0: a Plan-X DiT whose semantic branch reads TA-Tok codebook vectors of this width
   models = ("dit",)
 
   def __init__(self, config):

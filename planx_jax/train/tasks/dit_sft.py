@@ -6,12 +6,18 @@ import jax
 import jax.numpy as jnp
 
 from planx_jax import dit as dit_api
+from planx_jax.data import pipeline
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
 
 
 class DiTSFT(Task):
   stage = "dit_sft"
+  batch_layout = pipeline.DIT_EXAMPLES
+
+  @classmethod
+  def add_config(cls, c) -> None:
+    common.add_flow_sections(c, text_drop=(0.1, 0.1, 1))
   models = ("dit",)
 
   def __init__(self, config):
@@ -41,7 +47,7 @@ class DiTSFT(Task):
   def loss(self, params, batch, rng, step, normalizers):
     params = self.effective_params(params)
     per_example, dropped = common.flow_loss_per_example(
-        rng, self.dit_config, params["dit"], batch, None, None, text_drop=float(self.config.text_drop),
+        rng, self.dit_config, params["dit"], batch, None, None, text_drop=common.text_drop(self.config, step),
         i2v_prob=float(self.config.i2v_prob), sampling=self.sampling)
     return common.mean_flow_loss(per_example, dropped, normalizers)
 

@@ -6,17 +6,24 @@ import logging
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from planx_jax import dit as dit_api
+from planx_jax.data import pipeline
 from planx_jax import tatok as tatok_api
-from planx_jax.losses import flow as flow_lib
 from planx_jax.models.dit_semantic import keyframe_positions, semantic_branch_labels
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
 
 class DiTStage1(Task):
   stage = "dit_stage1"
+  batch_layout = pipeline.DIT_EXAMPLES
+
+  @classmethod
+  def add_config(cls, c) -> None:
+    common.add_flow_sections(c, text_drop=(1.0, 0.5, 1000))  # DESIGN.md decision 6
+    c.tatok = ml_collections.ConfigDict({"code_dim": 1536, "checkpoint": ""})
   models = ("dit",)
 
   def __init__(self, config):
@@ -62,10 +69,6 @@ class DiTStage1(Task):
   def always_trainable(self, params):
     return self.trainable(params)
 
-  def text_drop(self, step) -> jax.Array:
-    return flow_lib.text_drop_prob(step, float(self.config.text_drop.start), float(self.config.text_drop.end),
-                                   ramp_steps=int(self.config.text_drop.ramp_steps))
-
   def normalizers(self, batch) -> dict:
     return {"examples": jnp.asarray(batch["latents"].shape[0], jnp.int32)}
 
@@ -75,7 +78,7 @@ class DiTStage1(Task):
     semantic = params["codebook"][batch["codes_s2"].reshape(b, -1)]  # [B, K * 81, code_dim]
     positions = jnp.broadcast_to(jnp.asarray(self.positions), (b, *self.positions.shape))
     per_example, dropped = common.flow_loss_per_example(
-        rng, self.dit_config, params["dit"], batch, semantic, positions, text_drop=self.text_drop(step),
+        rng, self.dit_config, params["dit"], batch, semantic, positions, text_drop=common.text_drop(self.config, step),
         i2v_prob=float(self.config.i2v_prob), sampling=self.sampling)
     return common.mean_flow_loss(per_example, dropped, normalizers)
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from planx_jax import dit as dit_api
 from planx_jax import planner as planner_api
+from planx_jax.data import pipeline
 from planx_jax.models.dit_semantic import keyframe_positions, semantic_branch_labels
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
@@ -19,6 +20,16 @@ DIT_TRAINABLE = ("all", "semantic_branch")
 
 class EndToEnd(Task):
   stage = "end_to_end"
+  batch_layout = pipeline.CONVERSATION_WITH_DIT
+
+  @classmethod
+  def add_config(cls, c) -> None:
+    common.add_planner_sections(c)
+    c.first_frame_drop = 0.5  # Plan-X: first-frame code embeddings zeroed with p = 0.5 (T2V / I2V hybrid)
+    common.add_flow_sections(c, text_drop=(0.1, 0.1, 1))
+    c.flow_weight = 1.0
+    c.ce_weight = 0.1
+    c.dit_trainable = "all"  # or "semantic_branch"
   models = ("planner", "dit")
 
   def __init__(self, config):
@@ -82,7 +93,7 @@ class EndToEnd(Task):
     positions = jnp.broadcast_to(jnp.asarray(self.positions), (b, *self.positions.shape))
     per_example, _ = common.flow_loss_per_example(
         k_flow, self.dit_config, params["dit"], batch, semantic, positions, batch["semantic_mask"],
-        text_drop=float(self.config.text_drop), i2v_prob=float(self.config.i2v_prob), sampling=self.sampling)
+        text_drop=common.text_drop(self.config, step), i2v_prob=float(self.config.i2v_prob), sampling=self.sampling)
     flow = jnp.sum(per_example) / normalizers["examples"].astype(jnp.float32)
     loss = float(self.config.flow_weight) * flow + float(self.config.ce_weight) * ce
     return loss, {"flow_loss": flow, "ce_loss": ce}

@@ -35,6 +35,15 @@ def check_group(config) -> int:
 
 class PlannerGRPO(PlannerTask):
   stage = "planner_grpo"
+  batch_source = "rollout"  # sampled plans (planx_jax.rl)
+
+  @classmethod
+  def add_config(cls, c) -> None:
+    super().add_config(c)
+    common.add_rl_sections(c, reward="world_plan")
+    c.rl.level = "token"  # token (GRPO), sequence (GSPO), sequence_token (GSPO-token)
+    c.rl.loss_type = "grpo"  # grpo / bnpo / dr_grpo / dapo
+    c.rl.temperature = 1.0
 
   def __init__(self, config):
     super().__init__(config)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from planx_jax import planner as planner_api
+from planx_jax.data import pipeline
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
 
@@ -17,6 +18,10 @@ class PlannerTask(Task):
   and its HF export."""
 
   models = ("planner",)
+
+  @classmethod
+  def add_config(cls, c) -> None:
+    common.add_planner_sections(c)
 
   def __init__(self, config):
     super().__init__(config)
@@ -43,6 +48,12 @@ class PlannerTask(Task):
 
 class PlannerSFT(PlannerTask):
   stage = "planner_sft"
+  batch_layout = pipeline.PACKED_CONVERSATIONS
+
+  @classmethod
+  def add_config(cls, c) -> None:
+    super().add_config(c)
+    c.first_frame_drop = 0.5  # Plan-X: first-frame code embeddings zeroed with p = 0.5 (T2V / I2V hybrid)
 
   def __init__(self, config):
     super().__init__(config)
