@@ -103,10 +103,8 @@ class RolloutBatches:
 
   def __init__(self, exp):
     self.exp, self.config, self.task, self.stage = exp, exp.config, exp.task, exp.stage
-    rl = self.config.rl
-    self.group_size = int(rl.group_size)
-    rows_per_prompt = self.group_size * (int(rl.train_steps) if self.stage == "dit_flow_grpo" else 1)
-    self.prompts_per_step = self.config.batch_size // rows_per_prompt
+    self.group_size = int(self.config.rl.group_size)
+    self.prompts_per_step = self.config.batch_size // self.task.rows_per_prompt
     self.env = None
     self.last_rollout = None  # the latest rollout and its prompt indices (reports, tests)
     self.last_indices: list[int] = []
@@ -147,7 +145,7 @@ class RolloutBatches:
     env = self.environment()
     rng = self.rollout_key(int(jax.device_get(state.step)))
     policy, ref = self.policy(state)
-    if self.stage == "planner_grpo":
+    if self.task.models[0] == "planner":  # the policy samples plans; else a DiT samples videos
       return planner_rollout.rollout(self.task, env, policy, ref, indices, rng)
     if int(self.config.rl.semantic_dim):
       raise ValueError("a Plan-X DiT (rl.semantic_dim > 0) renders plans: train it with the TempAct hierarchy "

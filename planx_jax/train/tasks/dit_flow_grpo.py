@@ -10,7 +10,6 @@ policy the ratio is exactly 1. Not the sampling or the rewards (see `planx_jax.r
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
 from planx_jax import dit as dit_api
 from planx_jax.losses import flow as flow_lib
@@ -74,10 +73,10 @@ class DiTFlowGRPO(Task):
     if not 1 <= self.train_steps < self.num_sampling_steps:
       raise ValueError(f"rl.train_steps must be in [1, rl.num_sampling_steps - 1] (the last step is never trained), "
                        f"got {self.train_steps} of {self.num_sampling_steps}")
-    rows_per_prompt = int(rl.group_size) * self.train_steps
-    if config.batch_size % rows_per_prompt:
+    self.rows_per_prompt = int(rl.group_size) * self.train_steps  # a row is a trained transition
+    if config.batch_size % self.rows_per_prompt:
       raise ValueError(f"batch_size {config.batch_size} (transitions) is not a multiple of rl.group_size x "
-                       f"rl.train_steps = {rows_per_prompt}")
+                       f"rl.train_steps = {self.rows_per_prompt}")
     self.shapes = config.data.shapes
     self.sigmas, _ = euler_sigmas(self.num_sampling_steps, float(rl.shift))  # [T + 1], 1 -> 0
     k = int(self.shapes.num_keyframes)
@@ -123,10 +122,6 @@ class DiTFlowGRPO(Task):
     if self.semantic_dim:
       spec["semantic"] = ((b, self.num_semantic, self.semantic_dim), f32)
     return spec
-
-  def batch_logical_axes(self, batch_size: int) -> dict:
-    return {k: P("act_batch", *([None] * (len(shape) - 1))) for k, (shape, _) in
-            self.batch_spec(batch_size).items()}
 
   def velocity(self, dit_params, latents, timesteps, text_emb, semantic=None) -> jax.Array:
     """The policy's velocity at model timesteps [B, F] (CFG at rl.guidance_scale, as sampled)."""
