@@ -1,7 +1,7 @@
 """The RL loops end to end on the demo world at tiny size (random tiny models, small encoders), both through
 `train.loop.train`: planner GRPO with checkpoint / resume of the prompt cursor; the TempAct hierarchy (planner GSPO +
-executor Flow-GRPO rollouts on the transition chunk, both updates in one step, one checkpoint), and a TempAct run
-stopped by SIGTERM after step 1 (saved, returned) whose resume ends in the same train state as the straight run.
+executor Flow-GRPO rollouts on the transition chunk, both updates in one step, one checkpoint, export and profile),
+and a TempAct run stopped by SIGTERM after step 1 (saved, returned) whose resume ends in the straight run's state.
 
 Each loop runs in its own subprocess (the two at once, one per core) compiling with XLA's fast CPU settings
 (LLVM -O0, the classic fusion emitters): nearly all the time is compiling tiny programs, and nothing checked depends
@@ -44,7 +44,9 @@ SCRIPT = textwrap.dedent(r'''
     out.update(second=[second.start_step, second.step], second_indices=exp.source.last_indices,
                reward_steps=[e["step"] for e in logged if "reward" in e])
   else:
-    exp = build_experiment(rl_tempact.get_config("tiny"))  # 2 steps
+    c = rl_tempact.get_config("tiny")  # 2 steps
+    c.checkpoint.export_every, c.log.profile_start, c.log.profile_steps = 2, 1, 1
+    exp = build_experiment(c)
     first_rollout = []
     straight = train(exp, workdir / "straight", progress=False,
                      on_step=lambda step: first_rollout.append(exp.last_rollout) if step == 1 else None)
@@ -63,7 +65,10 @@ SCRIPT = textwrap.dedent(r'''
                plan_group_sum=float(r.planner_rows["advantages"].sum()),
                checkpoints=[(workdir / "straight" / "checkpoints" / "2").is_dir()],
                metrics=[all(f"{n}/loss" in e and f"{n}/reward" in e for e in logged) for n in ("planner", "executor")],
-               logged_steps=[e["step"] for e in logged])
+               logged_steps=[e["step"] for e in logged],
+               exported=sorted(str(p.relative_to(workdir / "straight" / "export")) for p in
+                               (workdir / "straight" / "export" / "step_2").glob("*/*")),
+               profiled=any((workdir / "straight" / "profile").rglob("*.xplane.pb")))
     # SIGTERM after step 1 of 2: the loop saves that step and returns; the next run resumes it.
     termed = train(exp, workdir / "termed", progress=False,
                    on_step=lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == 1 else None)
@@ -130,6 +135,7 @@ def test_tempact_step(loops):
   assert abs(r["plan_group_sum"]) < 1e-5  # plan advantages over the prompt's M plans
   assert r["checkpoints"] == [True] and r["metrics"] == [True, True]  # one checkpoint, one log: both models
   assert r["logged_steps"] == [1, 2]
+  assert r["exported"] == ["step_2/executor/dit_diffusers", "step_2/planner/planner_hf"] and r["profiled"]
 
 
 def test_tempact_sigterm_saves_exits_and_resumes_exactly(loops):
