@@ -10,7 +10,7 @@ keeps the tiny models' larger learning rates and clip ranges, as the standalone 
 """
 
 from planx_jax.configs import rl_dit, rl_planner
-from planx_jax.train.defaults import base_config
+from planx_jax.rl import hierarchy
 from planx_jax.world import settings as world_settings
 
 
@@ -18,7 +18,7 @@ def get_config(arg=None):
   preset = arg or "demo"
   if preset not in ("tiny", "demo"):
     raise ValueError(f"rl_tempact preset must be tiny or demo, got {preset!r}")
-  c = base_config("tempact")
+  c = hierarchy.default_config()
   c.planner_rl = rl_planner.get_config(preset)
   c.executor_rl = rl_dit.get_config(preset)
   p, e = c.planner_rl, c.executor_rl

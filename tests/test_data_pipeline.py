@@ -19,6 +19,9 @@ CODEBOOK = 64
 SHAPES = RecordShapes.tiny()  # K=3: a conversation is ~1030 tokens
 SEQ_LEN = 3200  # fits three conversations per packed row
 NUM_RECORDS = 12
+# The batch layout each SFT stage's task reads (`Task.batch_layout`).
+STAGE_LAYOUTS = {"planner_sft": pipeline.PACKED_CONVERSATIONS, "dit_sft": pipeline.DIT_EXAMPLES,
+                 "dit_stage1": pipeline.DIT_EXAMPLES, "end_to_end": pipeline.CONVERSATION_WITH_DIT}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def index_of(source):
 
 
 def _iterator(source, tokenizer, plan_tokens, stage, **kwargs):
-  kwargs = {"batch_size": 4, "seed": 7, "seq_len": SEQ_LEN, **kwargs}
+  kwargs = {"layout": STAGE_LAYOUTS.get(stage), "batch_size": 4, "seed": 7, "seq_len": SEQ_LEN, **kwargs}
   return pipeline.make_iterator(source, stage=stage, tokenizer=tokenizer, plan_tokens=plan_tokens, **kwargs)
 
 
@@ -63,13 +66,13 @@ def _record_order(source, tokenizer, plan_tokens, index_of, steps, **kwargs):
   return [index_of[latents.tobytes()] for batch in batches for latents in batch["latents"]]
 
 
-@pytest.mark.parametrize("stage", pipeline.STAGES)
+@pytest.mark.parametrize("stage", STAGE_LAYOUTS)
 def test_batches_match_batch_spec_and_resume_exactly(source, tokenizer, plan_tokens, stage):
   iterator = _iterator(source, tokenizer, plan_tokens, stage)
   first = _take(iterator, 2)
   state = json.loads(json.dumps(iterator.get_state()))
   expected = _take(iterator, 2)
-  spec = pipeline.batch_spec(stage, 4, SEQ_LEN, SHAPES)
+  spec = pipeline.batch_spec(STAGE_LAYOUTS[stage], 4, SEQ_LEN, SHAPES)
   for batch in first + expected:
     assert {name: (value.shape, value.dtype) for name, value in batch.items()} == spec
   resumed = _iterator(source, tokenizer, plan_tokens, stage)
@@ -81,7 +84,7 @@ def test_batches_match_batch_spec_and_resume_exactly(source, tokenizer, plan_tok
   assert not np.array_equal(first[-1][name], expected[0][name])  # a stale batch would not pass
 
 
-@pytest.mark.parametrize("stage", pipeline.STAGES)
+@pytest.mark.parametrize("stage", STAGE_LAYOUTS)
 def test_reader_threads_do_not_change_the_batches(source, tokenizer, plan_tokens, stage):
   threaded = _take(_iterator(source, tokenizer, plan_tokens, stage, num_threads=3, prefetch=3), 2)
   on_demand = _take(_iterator(source, tokenizer, plan_tokens, stage, num_threads=0, prefetch=0), 2)
@@ -109,7 +112,7 @@ def test_shuffle_is_a_per_epoch_permutation_fixed_by_the_seed(source, tokenizer,
   assert _record_order(source, tokenizer, plan_tokens, index_of, epochs, seed=8) != order
 
 
-@pytest.mark.parametrize("stage", pipeline.STAGES)
+@pytest.mark.parametrize("stage", STAGE_LAYOUTS)
 def test_processes_get_disjoint_rows_of_the_same_global_batches(source, tokenizer, plan_tokens, index_of, stage):
   steps = NUM_RECORDS // 4 if stage != "planner_sft" else 1  # one epoch, or twelve packed conversations
   single = _take(_iterator(source, tokenizer, plan_tokens, stage), steps)
@@ -187,29 +190,34 @@ def test_bad_pipeline_arguments_are_clear_errors(source, tokenizer, plan_tokens)
 
   bad("batch_size=6 is not divisible by process_count=4", batch_size=6, process_count=4)
   bad(r"process_index must be an int in \[0, 2\), got 2", process_index=2, process_count=2)
-  bad("unknown stage 'sft'; stages are planner_sft, dit_sft, dit_stage1, end_to_end", stage="sft")
+  bad("unknown batch layout 'sft'; layouts are packed_conversations, dit_examples, conversation_with_dit",
+      layout="sft")
   bad(r"a planner conversation has 10\d\d tokens, more than seq_len=1000; raise seq_len", seq_len=1000)
   bad(r"a planner conversation has 10\d\d tokens, more than seq_len=1000", stage="end_to_end", seq_len=1000)
   bad("seed must be an int in", seed=-1)
   bad("codebook sizes disagree", codebook_size=32)
   bad("the source's shapes .* differ from shapes=", shapes=RecordShapes.tiny(num_keyframes=2))
   with pytest.raises(ValueError, match="stage 'end_to_end' needs the planner's tokenizer"):
-    pipeline.make_iterator(source, stage="end_to_end", batch_size=4, seed=0, seq_len=SEQ_LEN, plan_tokens=plan_tokens)
+    pipeline.make_iterator(source, stage="end_to_end", layout=pipeline.CONVERSATION_WITH_DIT, batch_size=4, seed=0,
+                           seq_len=SEQ_LEN, plan_tokens=plan_tokens)
   with pytest.raises(ValueError, match="pass codebook_size="):
-    pipeline.make_iterator([source[0]], stage="dit_stage1", batch_size=1, seed=0, shapes=SHAPES)
+    pipeline.make_iterator([source[0]], stage="dit_stage1", layout=pipeline.DIT_EXAMPLES, batch_size=1, seed=0,
+                           shapes=SHAPES)
   broken = [dict(source[i]) for i in range(2)]
   broken[1]["codes_s2"] = broken[1]["codes_s2"] + CODEBOOK
   with pytest.raises(ValueError, match=r"record 1: codes_s2\[0, 0\] = \d+ is outside the codebook"):
-    _take(pipeline.make_iterator(broken, stage="dit_stage1", batch_size=2, seed=0, shapes=SHAPES,
-                                 codebook_size=CODEBOOK, num_threads=0, prefetch=0), 1)
+    _take(pipeline.make_iterator(broken, stage="dit_stage1", layout=pipeline.DIT_EXAMPLES, batch_size=2, seed=0,
+                                 shapes=SHAPES, codebook_size=CODEBOOK, num_threads=0, prefetch=0), 1)
 
 
 def test_batch_spec_shapes():
-  spec = pipeline.batch_spec("end_to_end", 8, 2048, SHAPES)
+  spec = pipeline.batch_spec(pipeline.CONVERSATION_WITH_DIT, 8, 2048, SHAPES)
   assert spec["token_ids"] == ((8, 2048), np.dtype(np.int32))
   assert spec["semantic_index"] == ((8, 2 * 81), np.dtype(np.int32))
   assert spec["latents"] == ((8, 4, 8, 8, 8), np.dtype(np.float32))
-  assert "codes_s2" not in spec and "semantic_index" not in pipeline.batch_spec("planner_sft", 8, 2048, SHAPES)
-  assert pipeline.batch_spec("dit_stage1", 2, None, SHAPES)["codes_s2"] == ((2, 3, 81), np.dtype(np.int32))
+  packed = pipeline.batch_spec(pipeline.PACKED_CONVERSATIONS, 8, 2048, SHAPES)
+  assert "codes_s2" not in spec and "semantic_index" not in packed
+  assert pipeline.batch_spec(pipeline.DIT_EXAMPLES, 2, None, SHAPES)["codes_s2"] == ((2, 3, 81),
+                                                                                    np.dtype(np.int32))
   with pytest.raises(ValueError, match="seq_len must be a positive int, got None"):
-    pipeline.batch_spec("planner_sft", 8, None, SHAPES)
+    pipeline.batch_spec(pipeline.PACKED_CONVERSATIONS, 8, None, SHAPES)

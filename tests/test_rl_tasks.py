@@ -13,6 +13,7 @@ import pytest
 from planx_jax.cli import main
 from planx_jax.configs import rl_dit, rl_planner, rl_tempact
 from planx_jax.data.conversation import build_plan_conversation
+from planx_jax.data.tokenizer import planner_tokenizer
 from planx_jax.losses import rl as rl_losses
 from planx_jax.losses.lm import next_token_targets
 from planx_jax.models.planner import Planner
@@ -23,7 +24,6 @@ from planx_jax.train import defaults
 from planx_jax.train.config_files import load_config
 from planx_jax.train.tasks import DiTFlowGRPO, PlannerGRPO
 from planx_jax.train.tasks.dit_flow_grpo import guided_velocity
-from planx_jax.train.tasks.planner_sft import planner_tokenizer
 from planx_jax.world import scenes as world
 
 

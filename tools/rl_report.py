@@ -90,6 +90,7 @@ def evaluate(config_spec: str, overrides: list[str], workdir: Path, num_prompts:
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   import jax
 
+  import planx_jax.rl  # noqa: F401  (registers the RL batch source in train.registry)
   from planx_jax.train.checkpointing import Checkpointer
   from planx_jax.train.config_files import load_config
   from planx_jax.train.experiment import build_experiment
@@ -105,10 +106,10 @@ def evaluate(config_spec: str, overrides: list[str], workdir: Path, num_prompts:
   out = {}
   for name, state, step in (("initial", exp.init_state(), 0), ("final", restored.state, restored.step)):
     rewards = []
-    for first in range(0, num_prompts, exp.prompts_per_step):
-      indices = list(range(first, min(first + exp.prompts_per_step, num_prompts)))
+    for first in range(0, num_prompts, exp.source.prompts_per_step):
+      indices = list(range(first, min(first + exp.source.prompts_per_step, num_prompts)))
       key_state = state.replace(step=jax.numpy.asarray(seed + first, jax.numpy.int32))  # same keys for both
-      rewards.append(exp.rollout(indices, key_state).rewards)
+      rewards.append(exp.source.rollout(indices, key_state).rewards)
     rewards = np.concatenate(rewards)
     out[name] = {"step": int(step), "mean": float(rewards.mean()), "std": float(rewards.std()),
                  "num": int(rewards.size)}

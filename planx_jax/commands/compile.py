@@ -64,6 +64,7 @@ def with_layout(config: ml_collections.ConfigDict, layout: dict[str, int]) -> ml
 
 def compile_step(config: ml_collections.ConfigDict, devices, topology: str):
   """Builds the experiment on the topology's devices, lowers and compiles its train step, and reports it."""
+  import planx_jax.rl  # noqa: F401  (registers the RL batch source in train.registry)
   from planx_jax.aot import compile_report as cr
   from planx_jax.train.experiment import build_experiment
 

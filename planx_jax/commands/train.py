@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+  import planx_jax.rl  # noqa: F401  (registers the RL batch source and the TempAct experiment in train.registry)
   from planx_jax.train.config_files import load_config
   from planx_jax.train.experiment import build_experiment
   from planx_jax.train.loop import train
@@ -40,14 +41,6 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"planx train: process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} devices in all",
           flush=True)
-  if config.get("stage") == "tempact":
-    from planx_jax.rl.hierarchy import train_tempact
-
-    result = train_tempact(config, args.workdir, num_steps=args.num_steps, progress=not args.no_progress)
-    last = result["history"][-1] if result["history"] else None
-    summary = f", R_plan {last['r_plan']:.4f}" if last else ""
-    print(f"planx train: tempact at step {last['step'] if last else 'unchanged'} in {args.workdir}{summary}")
-    return 0
   exp = build_experiment(config)
   if args.print_shardings:
     print(exp.describe_params())

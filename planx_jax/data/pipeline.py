@@ -1,4 +1,5 @@
-"""Grain pipelines from Plan-X records to one process's rows of each training stage's global batch.
+"""Grain pipelines from Plan-X records to one process's rows of a training stage's global batch, in one of three
+batch layouts.
 
 Shuffles by seed, repeats over epochs, splits every global batch across processes, packs planner conversations
 and checkpoints its position; it does not put arrays on devices, and it does not read files itself (see tfds_builder).
@@ -16,8 +17,13 @@ from planx_jax.data.records import PLAN_FRAME_CODES, RecordShapes, check_codeboo
 from planx_jax.data.tokenizer import check_tokenizer_layout
 from planx_jax.plan_tokens import PlanTokens
 
-STAGES = ("planner_sft", "dit_sft", "dit_stage1", "end_to_end")
-DIT_STAGES = ("dit_sft", "dit_stage1")  # stages whose batches hold DiT inputs only (no planner conversation)
+# Batch layouts (a task names its own, `Task.batch_layout`): planner conversations packed into rows of L tokens;
+# DiT inputs only; one conversation per row with the DiT inputs and the planned codes' positions.
+PACKED_CONVERSATIONS = "packed_conversations"
+DIT_EXAMPLES = "dit_examples"
+CONVERSATION_WITH_DIT = "conversation_with_dit"
+LAYOUTS = (PACKED_CONVERSATIONS, DIT_EXAMPLES, CONVERSATION_WITH_DIT)
+CONVERSATION_LAYOUTS = (PACKED_CONVERSATIONS, CONVERSATION_WITH_DIT)  # rows of L tokens: need a tokenizer
 PLANNER_FIELDS = ("token_ids", "positions", "segment_ids", "loss_mask", "first_frame_mask", "first_frame_given")
 DIT_FIELDS = ("latents", "text_emb", "codes_s2", "has_first_frame")
 _CONVERSATION_FIELDS = ("token_ids", "loss_mask", "first_frame_mask", "first_frame_given")
@@ -29,31 +35,31 @@ def _positive_int(name: str, value) -> int:
   return int(value)
 
 
-def _check_stage(stage) -> str:
-  if stage not in STAGES:
-    raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-  return stage
+def _check_layout(layout) -> str:
+  if layout not in LAYOUTS:
+    raise ValueError(f"unknown batch layout {layout!r}; layouts are {', '.join(LAYOUTS)}")
+  return layout
 
 
-def batch_spec(stage: str, batch_size: int, seq_len: int | None, shapes: RecordShapes
+def batch_spec(layout: str, batch_size: int, seq_len: int | None, shapes: RecordShapes
                ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-  """(shape, dtype) of every field of a stage's global batch [B, ...], without reading data.
+  """(shape, dtype) of every field of a global batch [B, ...] of the layout, without reading data.
 
-  `seq_len` (L) is required by the planner stages and ignored by the DiT-only stages.
+  `seq_len` (L) is required by the conversation layouts and ignored by `dit_examples`.
   """
-  _check_stage(stage)
+  _check_layout(layout)
   b = _positive_int("batch_size", batch_size)
   if not isinstance(shapes, RecordShapes):
     raise ValueError(f"shapes must be a RecordShapes, got {type(shapes).__name__}")
   records = shapes.array_specs()
   dit = {name: ((b,) + records[name][0], records[name][1]) for name in DIT_FIELDS}
-  if stage in DIT_STAGES:
+  if layout == DIT_EXAMPLES:
     return dit
   length = _positive_int("seq_len", seq_len)
   i32, bool_ = np.dtype(np.int32), np.dtype(np.bool_)
   planner = {name: ((b, length), i32 if name in ("token_ids", "positions", "segment_ids") else bool_)
              for name in PLANNER_FIELDS}
-  if stage == "planner_sft":
+  if layout == PACKED_CONVERSATIONS:
     return planner
   planned = (shapes.num_keyframes - 1) * PLAN_FRAME_CODES
   return {**planner, **{name: dit[name] for name in ("latents", "text_emb", "has_first_frame")},
@@ -286,6 +292,7 @@ def make_dataset(
     source,
     *,
     stage: str,
+    layout: str,
     batch_size: int,
     seed: int,
     seq_len: int | None = None,
@@ -298,28 +305,29 @@ def make_dataset(
     num_threads: int = 2,
     prefetch: int = 2,
 ) -> grain.IterDataset:
-  """The grain dataset of this process's batches for a stage (infinite: it repeats over epochs).
+  """The grain dataset of this process's batches of a layout (infinite: it repeats over epochs).
 
   Each epoch visits the records in a fresh order drawn from `seed`. Global batch s holds the
-  global elements s * B .. s * B + B - 1 of that order (planner_sft: row r packs elements r, r + B,
+  global elements s * B .. s * B + B - 1 of that order (packed conversations: row r packs elements r, r + B,
   r + 2B, ... in order); this process yields its rows p * b .. p * b + b - 1 (b = B / process_count),
   so processes read disjoint records and the global batch does not depend on the process count.
   Fields and dtypes are those of `batch_spec` with b rows.
 
   Args:
     source: random-access records (`len`, `[i]`), e.g. `SyntheticSource` or `load_dataset(...)`.
-    stage: "planner_sft" | "dit_sft" | "dit_stage1" | "end_to_end".
+    stage: the training stage the batches feed (it names the pipeline in its checkpointed state).
+    layout: one of LAYOUTS (the stage's `Task.batch_layout`).
     batch_size: global batch B, divisible by process_count.
     seed: shuffle seed in [0, 2**32).
-    seq_len: row length L of the planner stages (ignored by the DiT-only stages).
-    tokenizer, plan_tokens: the planner's tokenizer and id layout (planner stages).
+    seq_len: row length L of the conversation layouts (ignored by `dit_examples`).
+    tokenizer, plan_tokens: the planner's tokenizer and id layout (conversation layouts).
     shapes, codebook_size: the record schema; default to the source's `.shapes` / `.codebook_size`
       and `plan_tokens.codebook_size`; every record is checked against it.
     process_index, process_count: this process among the data-loading processes.
-    num_threads, prefetch: reader threads, and batches read ahead (planner_sft: conversations read
-      ahead per row); 0 reads on demand.
+    num_threads, prefetch: reader threads, and batches read ahead (packed conversations: conversations
+      read ahead per row); 0 reads on demand.
   """
-  _check_stage(stage)
+  _check_layout(layout)
   batch_size = _positive_int("batch_size", batch_size)
   process_count = _positive_int("process_count", process_count)
   if isinstance(process_index, bool) or not isinstance(process_index, (int, np.integer)) or not (
@@ -338,7 +346,7 @@ def make_dataset(
   if num_records < 1:
     raise ValueError("source has no records")
   shapes, codebook_size = _resolve_schema(source, shapes, codebook_size, plan_tokens)
-  if stage in DIT_STAGES:
+  if layout == DIT_EXAMPLES:
     seq_len = None
   else:
     seq_len = _positive_int("seq_len", seq_len)
@@ -359,10 +367,10 @@ def make_dataset(
   records = grain.MapDataset.source(source).map_with_index(checked).shuffle(seed=shuffle_seed).repeat()
   local = _ProcessRowsMapDataset(records, batch_size, int(process_index), process_count)
   read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
-  if stage in DIT_STAGES:
+  if layout == DIT_EXAMPLES:
     dit_rows = local.map(lambda record: {name: record[name] for name in DIT_FIELDS})
     batches = dit_rows.batch(rows, drop_remainder=True).to_iter_dataset(read_options)
-  elif stage == "end_to_end":
+  elif layout == CONVERSATION_WITH_DIT:
     row = _EndToEndRow(_ConversationFields(tokenizer, plan_tokens), seq_len, plan_tokens.endoftext)
     batches = local.map(row).batch(rows, drop_remainder=True).to_iter_dataset(read_options)
   else:

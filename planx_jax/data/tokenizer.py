@@ -218,3 +218,12 @@ def check_tokenizer_layout(tokenizer, plan_tokens: PlanTokens) -> None:
     found = _token_id(tokenizer, token)
     if found != index:
       raise ValueError(f"tokenizer maps {token!r} to id {found}, but plan_tokens expects {index}")
+
+
+def planner_tokenizer(config) -> tuple[transformers.PreTrainedTokenizerBase, PlanTokens]:
+  """(tokenizer, PlanTokens) of an experiment config (`planner.tokenizer`: a directory, or "" for the tiny test
+  tokenizer; `codebook_size`: the TA-Tok codes)."""
+  codebook_size = int(config.codebook_size)
+  path = config.planner.tokenizer
+  tokenizer = load_tokenizer(path) if path else build_tiny_tokenizer(codebook_size)
+  return tokenizer, plan_tokens_from_tokenizer(tokenizer, codebook_size)

@@ -12,10 +12,10 @@ import numpy as np
 
 from planx_jax.data import pixel_codec
 from planx_jax.data.conversation import build_plan_conversation
+from planx_jax.models.dit_semantic import keyframe_positions
 from planx_jax.sampling import SamplingConfig, sample_plans
 from planx_jax.sampling.dit_sampling import sample_latents
 from planx_jax.sampling.plan_semantics import plan_semantics
-from planx_jax.train.tasks.common import keyframe_positions
 from planx_jax.world import scenes
 from planx_jax.world.conditions import Conditions
 from planx_jax.world.encoders import Encoders

@@ -15,9 +15,9 @@ import numpy as np
 
 from planx_jax import tatok
 from planx_jax.data.tfds_builder import load_dataset
+from planx_jax.data.tokenizer import planner_tokenizer
 from planx_jax.demo import generation, pictures, stages
 from planx_jax.demo import settings as demo_settings
-from planx_jax.train.tasks.planner_sft import planner_tokenizer
 from planx_jax.video_io import contact_sheet, write_mp4, write_png
 from planx_jax.world import conditions, encoders, judge, records, scenes
 

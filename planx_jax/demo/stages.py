@@ -11,9 +11,9 @@ import jax
 import numpy as np
 
 from planx_jax import dit, planner
+from planx_jax.data.tokenizer import planner_tokenizer
 from planx_jax.train.experiment import build_experiment
 from planx_jax.train.loop import train
-from planx_jax.train.tasks.planner_sft import planner_tokenizer
 
 log = logging.getLogger("planx.demo")
 

@@ -42,14 +42,7 @@ def add_semantic_branch(config: DiTConfig, params: dict, semantic_in_dim: int,
     raise ValueError(f"the DiT already has a semantic branch (semantic_in_dim={config.semantic_in_dim})")
   _blocks(params)
   new_config = config.replace(semantic_in_dim=int(semantic_in_dim))
-  params = dict(params)
-  for key in [k for k in params if k == "blocks" or k.startswith("blocks_")]:
-    block = dict(params[key])
-    cross = dict(block["cross_attn"])
-    for new, old in SEMANTIC_COPIES.items():
-      cross[new] = jax.tree.map(lambda x: x.copy(), cross[old])
-    block["cross_attn"] = cross
-    params[key] = block
+  params = copy_text_to_semantic(params)
   rng = jax.random.key(0) if rng is None else rng
   k1, k2 = jax.random.split(rng)
   dim, dtype = config.dim, params["text_embedding"]["linear_1"]["kernel"].dtype
@@ -60,6 +53,20 @@ def add_semantic_branch(config: DiTConfig, params: dict, semantic_in_dim: int,
                    "bias": np.zeros((dim,), dtype)},
   }
   return new_config, params
+
+
+def copy_text_to_semantic(params: dict) -> dict:
+  """A new params dict whose cross-attention `k_sem`, `v_sem`, `norm_k_sem` are copies of the text `k`, `v`,
+  `norm_k` in every block (Plan-X 6.2); numpy, JAX or traced arrays."""
+  params = dict(params)
+  for key in [k for k in params if k == "blocks" or k.startswith("blocks_")]:
+    block = dict(params[key])
+    cross = dict(block["cross_attn"])
+    for new, old in SEMANTIC_COPIES.items():
+      cross[new] = jax.tree.map(lambda x: x.copy(), cross[old])
+    block["cross_attn"] = cross
+    params[key] = block
+  return params
 
 
 def check_semantic_inputs(semantic_in_dim: int | None, batch: int, semantic, semantic_positions,
@@ -139,6 +146,14 @@ def semantic_positions(token_grid: Sequence[int], keyframes: Sequence[int] | int
   w = (np.arange(gw) + 0.5) * w_tok / gw - 0.5  # [gw]
   tt, hh, ww = np.meshgrid(t, h, w, indexing="ij")  # [K, gh, gw]
   return np.stack([tt, hh, ww], axis=-1).reshape(-1, 3).astype(np.float32)
+
+
+def keyframe_positions(dit_config: DiTConfig, latent_shape, keyframes, video_fps: float) -> np.ndarray:
+  """[S, 3] float (f, h, w) positions of the 9x9 code maps of `keyframes` on the latent-token grid of latents
+  [F, H, W, ...] patched by the DiT."""
+  f, h, w = latent_shape[:3]
+  pt, ph, pw = dit_config.patch_size
+  return semantic_positions((f // pt, h // ph, w // pw), keyframes, video_fps=video_fps, patch_t=pt)
 
 
 def batch_positions(positions: np.ndarray, batch: int) -> jax.Array:

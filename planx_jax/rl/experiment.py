@@ -1,6 +1,7 @@
-"""RL experiments: an `Experiment` whose batches are rollouts of the policy in the current train state (planner
-GRPO / GSPO plans, DiT Flow-GRPO transitions) scored by the environment's rewards. The train step, shardings,
-checkpoints, resume, TensorBoard and `planx compile` are the SFT machinery unchanged. Not the rollouts themselves.
+"""RL batches: the "rollout" batch source an RL stage's `Experiment` finds in `train.registry` (registered when this
+module is imported): rollouts of the policy in the current train state (planner GRPO / GSPO plans, DiT Flow-GRPO
+transitions) scored by the environment's rewards. The train step, shardings, checkpoints, resume, TensorBoard and
+`planx compile` are the SFT machinery unchanged. Not the rollouts themselves.
 
 Resume is exact in its inputs: the prompt cursor is checkpointed with the state and each step's sampling key is
 the seed folded with the step, so a resumed run rolls out the same prompts with the same keys.
@@ -14,8 +15,9 @@ import ml_collections
 import numpy as np
 
 from planx_jax.conditioning import first_frame_mask
-from planx_jax.train.experiment import Experiment
-from planx_jax.train.tasks.planner_sft import planner_tokenizer
+from planx_jax.data.tokenizer import planner_tokenizer
+from planx_jax.rl import flow_rollout, planner_rollout
+from planx_jax.train.registry import register_batch_source
 
 log = logging.getLogger("planx.rl")
 
@@ -90,22 +92,27 @@ def build_environment(config, task):
   return WorldEnvironment(env, settings, **kwargs)
 
 
-class RLExperiment(Experiment):
-  def __init__(self, config: ml_collections.ConfigDict, devices=None):
-    super().__init__(with_demo_models(config), devices)
-    rl = self.config.rl
-    self.group_size = int(rl.group_size)
-    rows_per_prompt = self.group_size * (int(rl.train_steps) if self.stage == "dit_flow_grpo" else 1)
-    self.prompts_per_step = self.config.batch_size // rows_per_prompt
+class RolloutBatches:
+  """The "rollout" batch source of the RL stages: each step's rows are rollouts of the policy in the current train
+  state on the prompt cursor's next prompts (planner GRPO / GSPO plans, DiT Flow-GRPO transitions)."""
+
+  @staticmethod
+  def prepare(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config with the policy's checkpoint pointing at the `planx demo` models (`with_demo_models`)."""
+    return with_demo_models(config)
+
+  def __init__(self, exp):
+    self.exp, self.config, self.task, self.stage = exp, exp.config, exp.task, exp.stage
+    self.group_size = int(self.config.rl.group_size)
+    self.prompts_per_step = self.config.batch_size // self.task.rows_per_prompt
     self.env = None
     self.last_rollout = None  # the latest rollout and its prompt indices (reports, tests)
     self.last_indices: list[int] = []
     self._reference = None
     self._effective = jax.jit(self.task.effective_params)
 
-  def data_iterator(self, process_index: int | None = None, process_count: int | None = None) -> PromptCursor:
-    return PromptCursor(self.prompts_per_step, jax.process_index() if process_index is None else process_index,
-                        jax.process_count() if process_count is None else process_count)
+  def iterator(self, process_index: int, process_count: int) -> PromptCursor:
+    return PromptCursor(self.prompts_per_step, process_index, process_count)
 
   def environment(self):
     if self.env is None:
@@ -119,25 +126,26 @@ class RLExperiment(Experiment):
     if self.task.lora_rank:
       return {k: v for k, v in state.params.items() if k != "lora"}
     if self._reference is None:
-      self._reference = self.initial_params()
+      self._reference = self.exp.initial_params()
     return self._reference
+
+  def policy(self, state) -> tuple[dict, dict | None]:
+    """(the policy model's params with LoRA merged, its frozen reference or None) in `state`."""
+    model = self.task.models[0]
+    with jax.set_mesh(self.exp.mesh):
+      policy = self._effective(state.params)[model]
+    reference = self.reference_params(state)
+    return policy, None if reference is None else reference[model]
 
   def rollout_key(self, step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(int(self.config.seed)), ROLLOUT_SALT), step)
 
   def rollout(self, indices: list[int], state):
     """Rolls out the policy in `state` on the prompts; returns the planner / flow rollout (host rows)."""
-    from planx_jax.rl import flow_rollout, planner_rollout
-
     env = self.environment()
-    step = int(jax.device_get(state.step))
-    rng = self.rollout_key(step)
-    model = self.task.models[0]
-    with jax.set_mesh(self.mesh):
-      policy = self._effective(state.params)[model]
-    reference = self.reference_params(state)
-    ref = None if reference is None else reference[model]
-    if self.stage == "planner_grpo":
+    rng = self.rollout_key(int(jax.device_get(state.step)))
+    policy, ref = self.policy(state)
+    if self.task.models[0] == "planner":  # the policy samples plans; else a DiT samples videos
       return planner_rollout.rollout(self.task, env, policy, ref, indices, rng)
     if int(self.config.rl.semantic_dim):
       raise ValueError("a Plan-X DiT (rl.semantic_dim > 0) renders plans: train it with the TempAct hierarchy "
@@ -150,11 +158,14 @@ class RLExperiment(Experiment):
     reward = lambda latents: env.video_rewards(str(self.config.rl.reward), rows_idx, latents)
     return flow_rollout.rollout(self.task, policy, ref, inputs, reward, rng)
 
-  def next_batch(self, data, state) -> dict:
-    indices = next(data)
+  def next_rows(self, cursor: PromptCursor, state) -> dict:
+    indices = next(cursor)
     result = self.rollout(indices, state)
     self.last_rollout, self.last_indices = result, list(indices)
     log.debug("rollout of step %d: %d prompts, reward mean %.4f (min %.4f, max %.4f)",
-             int(jax.device_get(state.step)) + 1, len(indices), float(np.mean(result.rewards)),
-             float(np.min(result.rewards)), float(np.max(result.rewards)))
-    return self.global_batch(result.rows)
+              int(jax.device_get(state.step)) + 1, len(indices), float(np.mean(result.rewards)),
+              float(np.min(result.rewards)), float(np.max(result.rewards)))
+    return result.rows
+
+
+register_batch_source("rollout", RolloutBatches)

@@ -1,6 +1,8 @@
 """TempAct's hierarchical planner-executor RL (Sec. 3.3, Eq. 8, 12-16): M plans per prompt, one shared context per
 plan, N continuations after the step switch; the planner is updated with GSPO from R_plan, the executor with
-Flow-GRPO on the transition chunk only. Not the losses (the two RL tasks) or the environment.
+Flow-GRPO on the transition chunk only; both train as one `HierarchyExperiment` through `train.loop.train` (stage
+"tempact", registered in `train.registry` when this module is imported). Not the losses (the two RL tasks) or the
+environment.
 
 Here the executor is the bidirectional Plan-X DiT reading the plan's TA-Tok codebook vectors through its semantic
 branch (TempAct's chunked autoregressive executor is a later issue): the context is the plan's video up to the
@@ -14,7 +16,6 @@ R_plan = judge_weight R_judge + video_weight mean_n R_video (0.15 / 0.85).
 
 import dataclasses
 import functools
-import logging
 from pathlib import Path
 
 import jax
@@ -26,12 +27,13 @@ from planx_jax.conditioning import first_frame_mask
 from planx_jax.losses import rl as rl_losses
 from planx_jax.rewards import tempact
 from planx_jax.rl import flow_rollout, planner_rollout
-from planx_jax.rl.experiment import PromptCursor, RLExperiment
+from planx_jax.rl.experiment import PromptCursor
 from planx_jax.sampling import flow_sde
-from planx_jax.train.checkpointing import Checkpointer
-from planx_jax.train.metrics_writer import MetricsLogger
+from planx_jax.train import defaults
+from planx_jax.train.experiment import Experiment
+from planx_jax.train.registry import register_experiment
 
-log = logging.getLogger("planx.rl")
+STAGE = "tempact"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +93,7 @@ def _context_sampler(task):
   return sample
 
 
-def rollout(planner_exp: RLExperiment, executor_exp: RLExperiment, env, planner_params, planner_ref,
+def rollout(planner_exp: Experiment, executor_exp: Experiment, env, planner_params, planner_ref,
             executor_params, executor_ref, indices, rng, hierarchy) -> HierarchyRollout:
   """One hierarchical rollout of the prompts `indices` (see the module docstring)."""
   p_task, e_task = planner_exp.task, executor_exp.task
@@ -151,62 +153,82 @@ def check_groups(config: ml_collections.ConfigDict) -> int:
   return prompts
 
 
-def train_tempact(config: ml_collections.ConfigDict, workdir, *, num_steps: int | None = None,
-                  progress: bool = True) -> dict:
-  """Runs the hierarchy for `num_steps` (default config.num_steps) in workdir/{planner,executor} (checkpoints,
-  TensorBoard, metrics.jsonl each); resumes from the last common checkpoint step. Returns the per-step rewards
-  ("history"), the final train states and the last `HierarchyRollout`."""
-  num_steps = int(config.num_steps if num_steps is None else num_steps)
-  prompts = check_groups(config)
-  workdir = Path(workdir).absolute()
-  exps = {"planner": RLExperiment(config.planner_rl), "executor": RLExperiment(config.executor_rl)}
-  env = exps["planner"].environment()
-  exps["executor"].env = env
-  cursor = PromptCursor(prompts)
-  checkpointers = {name: Checkpointer(workdir / name / "checkpoints", save_every=int(config.checkpoint.every),
-                                      keep=int(config.checkpoint.keep), async_save=False) for name in exps}
-  states, start = {}, 0
-  restored = {name: checkpointers[name].restore(exp.abstract_state()) for name, exp in exps.items()}
-  if all(r is not None for r in restored.values()) and len({r[0] for r in restored.values()}) == 1:
-    for name, (step, state, data_state) in restored.items():
-      states[name], start = state, step
-    cursor.set_state(restored["planner"][2])
-    log.info("tempact: resumed both models from step %d", start)
-  else:
-    states = {name: exp.init_state() for name, exp in exps.items()}
-  loggers = {name: MetricsLogger(workdir / name, start_step=start, num_steps=num_steps,
-                                 examples_per_step=exp.config.batch_size,
-                                 model_flops_per_step=exp.model_flops_per_step(), devices=list(exp.mesh.devices.flat),
-                                 tensorboard=bool(config.log.tensorboard), progress=progress and name == "planner")
-             for name, exp in exps.items()}
-  history, out = [], None
-  try:
-    for step in range(start, num_steps):
-      params = {}
-      for name, exp in exps.items():
-        with jax.set_mesh(exp.mesh):
-          policy = exp._effective(states[name].params)[exp.task.models[0]]
-        ref = exp.reference_params(states[name])
-        params[name] = (policy, None if ref is None else ref[exp.task.models[0]])
-      indices = next(cursor)
-      rng = exps["planner"].rollout_key(step)
-      out = rollout(exps["planner"], exps["executor"], env, *params["planner"], *params["executor"], indices, rng,
-                    config.hierarchy)
-      metrics = {}
-      for name, rows in (("planner", out.planner_rows), ("executor", out.executor_rows)):
-        exp = exps[name]
-        states[name], m = exp.train_step(states[name], exp.global_batch(rows))
-        metrics[name] = jax.device_get(m)
-        loggers[name].log([(step + 1, metrics[name])])
-        loggers[name].step_done()
-        if checkpointers[name].should_save(step + 1) or step + 1 == num_steps:
-          checkpointers[name].save(step + 1, states[name], cursor.get_state(), exp.config.to_json(), force=True)
-      history.append({"step": step + 1, "r_plan": float(out.plan_rewards.mean()),
-                      "r_judge": float(out.judge_rewards.mean()), "r_video": float(out.video_rewards.mean()),
-                      "switch": out.switch})
-  finally:
-    for name in exps:
-      checkpointers[name].wait_until_finished()
-      checkpointers[name].close()
-      loggers[name].close()
-  return {"history": history, "states": states, "rollout": out}
+def default_config() -> ml_collections.ConfigDict:
+  """The TempAct config schema (Sec. 3.3): the shared run sections, the planner's GSPO and the executor's Flow-GRPO
+  stage configs, and the hierarchy (rewards and prompts from planner_rl.env). Checkpoints are written in the step
+  that reaches them (synchronously) and every step is logged."""
+  c = defaults.run_config(STAGE)
+  c.planner_rl = defaults.base_config("planner_grpo")
+  c.executor_rl = defaults.base_config("dit_flow_grpo")
+  c.hierarchy = ml_collections.ConfigDict({
+      "prompts_per_step": 2,
+      "switch_min": 1, "switch_max": 2,  # the last context latent frame k, drawn per step (TempAct: k in [6, 12])
+      "chunk_frames": 1,  # latent frames after the switch the executor is updated on (TempAct: the first chunk)
+      "judge_weight": 0.15, "video_weight": 0.85})  # R_plan = 0.15 R_judge + 0.85 mean_n R_video
+  c.checkpoint.update({"every": 10, "keep": 2, "async_save": False})
+  c.log.every = 1
+  return c
+
+
+class HierarchyExperiment:
+  """TempAct's two models as one experiment for `train.loop.train` (resume, SIGTERM save, profiling, export):
+  the state is {"planner": TrainState, "executor": TrainState}, a step's batch is one hierarchical rollout's rows
+  for both, and a step updates both (planner GSPO, executor Flow-GRPO). One checkpoint holds both states and the
+  prompt cursor; metrics are logged as planner/... and executor/..., "loss" is their sum."""
+
+  default_config = staticmethod(default_config)
+
+  def __init__(self, config: ml_collections.ConfigDict, devices=None):
+    defaults.check_keys(config)
+    self.config, self.stage = config, config.stage
+    self.prompts_per_step = check_groups(config)
+    self.parts = {"planner": Experiment(config.planner_rl, devices),
+                  "executor": Experiment(config.executor_rl, devices)}
+    self.env = self.parts["planner"].source.environment()
+    self.parts["executor"].source.env = self.env
+    self.mesh = self.parts["planner"].mesh
+    self.examples_per_step = self.parts["planner"].examples_per_step  # plans
+    self.last_rollout: HierarchyRollout | None = None
+
+  def abstract_state(self) -> dict:
+    return {name: exp.abstract_state() for name, exp in self.parts.items()}
+
+  def init_state(self) -> dict:
+    return {name: exp.init_state() for name, exp in self.parts.items()}
+
+  def data_iterator(self, process_index: int | None = None, process_count: int | None = None) -> PromptCursor:
+    return PromptCursor(self.prompts_per_step, jax.process_index() if process_index is None else process_index,
+                        jax.process_count() if process_count is None else process_count)
+
+  def next_batch(self, cursor: PromptCursor, state: dict) -> dict:
+    """One hierarchical rollout of the cursor's next prompts with both policies in `state`: the two global batches."""
+    planner, executor = self.parts["planner"], self.parts["executor"]
+    indices = next(cursor)
+    step = int(jax.device_get(state["planner"].step))
+    out = rollout(planner, executor, self.env, *planner.source.policy(state["planner"]),
+                  *executor.source.policy(state["executor"]), indices, planner.source.rollout_key(step),
+                  self.config.hierarchy)
+    self.last_rollout = out
+    return {"planner": planner.global_batch(out.planner_rows), "executor": executor.global_batch(out.executor_rows)}
+
+  def train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
+    new_state, metrics = {}, {}
+    for name, exp in self.parts.items():
+      new_state[name], part_metrics = exp.train_step(state[name], batch[name])
+      metrics.update({f"{name}/{key}": value for key, value in part_metrics.items()})
+    metrics["loss"] = metrics["planner/loss"] + metrics["executor/loss"]
+    return new_state, metrics
+
+  def model_flops_per_step(self) -> float:
+    return sum(exp.model_flops_per_step() for exp in self.parts.values())
+
+  def export(self, state: dict, directory) -> None:
+    """Each model's export (HF planner, diffusers DiT) in directory/planner and directory/executor."""
+    for name, exp in self.parts.items():
+      exp.export(state[name], Path(directory) / name)
+
+  def describe_params(self) -> str:
+    return "\n".join(f"{name}:\n{exp.describe_params()}" for name, exp in self.parts.items())
+
+
+register_experiment(STAGE, HierarchyExperiment)

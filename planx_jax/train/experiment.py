@@ -1,9 +1,8 @@
 """An experiment: the stage's task on a mesh, with its sharded train state, the jitted train step (explicit
-in / out shardings, donated state), abstract inputs for AOT compiles, and the data iterator. Not the loop
-(loop.py) and not checkpoints (checkpointing.py)."""
+in / out shardings, donated state), abstract inputs for AOT compiles, and its batch source (records or rollouts,
+found by name in `registry`). Not the loop (loop.py) and not checkpoints (checkpointing.py)."""
 
 import logging
-
 
 import jax
 import jax.numpy as jnp
@@ -13,15 +12,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from planx_jax import parallel
-from planx_jax.data.pipeline import DIT_STAGES, make_iterator
-from planx_jax.data.synthetic import SyntheticSource
-from planx_jax.data.tfds_builder import load_dataset
 from planx_jax.train import defaults
 from planx_jax.train.optimizer import adamw, learning_rate_schedule
+from planx_jax.train.registry import EXPERIMENTS, batch_source
 from planx_jax.train.state import TrainState, new_state
 from planx_jax.train.step import make_train_step, partition
 from planx_jax.train.tasks import TASKS
-from planx_jax.train.tasks.planner_sft import planner_tokenizer
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
@@ -53,8 +49,12 @@ class Experiment:
 
   def __init__(self, config: ml_collections.ConfigDict, devices=None):
     _check_config(config)
+    task_class = TASKS[config.stage]
+    source_class = batch_source(task_class.batch_source)
+    config = source_class.prepare(config)
     self.config = config
     self.stage = config.stage
+    self.examples_per_step = int(config.batch_size)
     self.mesh = parallel.build_mesh(config.mesh.to_dict(), devices, config.dcn_mesh.to_dict())
     self.rules = parallel.make_rules(config.sharding_rules)
     dp = parallel.data_parallel_size(self.mesh)
@@ -62,7 +62,7 @@ class Experiment:
     if micro_rows % dp:
       raise ValueError(f"batch_size {config.batch_size} / microbatches {config.microbatches} = {micro_rows} rows is "
                        f"not divisible by the data-parallel size {dp} (mesh data x fsdp)")
-    self.task = TASKS[self.stage](config)
+    self.task = task_class(config)
     self.schedule = learning_rate_schedule(config.optimizer, config.num_steps)
     self.optimizer = adamw(config.optimizer, config.num_steps)
 
@@ -108,6 +108,7 @@ class Experiment:
     total = sum(x.size for x in jax.tree.leaves(abstract_params))
     logging.info("%s: %s; %.3g params, %.3g trainable", self.stage, parallel.describe_mesh(self.mesh), total,
                  trainable_count)
+    self.source = source_class(self)
 
   # --- abstract values (AOT compiles) ---------------------------------------------------------------------
   def abstract_state(self) -> TrainState:
@@ -152,11 +153,15 @@ class Experiment:
     with jax.set_mesh(self.mesh):
       return self._jit_step(state, batch)
 
+  def data_iterator(self, process_index: int | None = None, process_count: int | None = None):
+    """This process's checkpointable iterator of the batch source (records: `data.pipeline.make_iterator`)."""
+    return self.source.iterator(jax.process_index() if process_index is None else process_index,
+                                jax.process_count() if process_count is None else process_count)
+
   def next_batch(self, data, state: TrainState) -> dict:
-    """The global batch of the next step: drawn from the data iterator (RL experiments roll out the policy in
-    `state` instead, see `planx_jax.rl.experiment`)."""
-    del state
-    return self.global_batch(next(data))
+    """The global batch of the next step from the batch source's iterator `data` (a rollout source samples with
+    the policy in `state`)."""
+    return self.global_batch(self.source.next_rows(data, state))
 
   def global_batch(self, local_batch: dict) -> dict:
     """Per-process rows (batch_size / process_count each) -> global arrays with the batch shardings."""
@@ -171,34 +176,6 @@ class Experiment:
                          f"{spec.dtype}{[rows, *spec.shape[1:]]} per process")
       out[name] = jax.make_array_from_process_local_data(self.batch_shardings[name], local, spec.shape)
     return out
-
-  def data_source(self):
-    """The training records: the synthetic source (tests, tiny runs) or a built TFDS directory."""
-    data = self.config.data
-    if data.source == "synthetic":
-      return SyntheticSource(self.task.record_shapes(), int(self.config.codebook_size), int(data.num_records),
-                             seed=int(data.shuffle_seed))
-    if data.source == "tfds":
-      if not data.tfds_dir:
-        raise ValueError("data.source='tfds' needs data.tfds_dir (a directory written by the TFDS builder)")
-      return load_dataset(data.tfds_dir, split=data.split)
-    raise ValueError(f"data.source must be 'synthetic' or 'tfds', got {data.source!r}")
-
-  def data_iterator(self, process_index: int | None = None, process_count: int | None = None):
-    """This process's checkpointable iterator of per-process batch rows (see `data.pipeline.make_iterator`)."""
-    kwargs = {}
-    if self.stage not in DIT_STAGES:
-      tokenizer, plan_tokens = planner_tokenizer(self.config)
-      if plan_tokens.vocab_size > self.task.planner_config.vocab_size:
-        raise ValueError(f"the tokenizer's Plan-X layout needs {plan_tokens.vocab_size} embedding rows, the planner "
-                         f"has {self.task.planner_config.vocab_size}")
-      kwargs = dict(seq_len=int(self.config.data.seq_len), tokenizer=tokenizer, plan_tokens=plan_tokens)
-    return make_iterator(
-        self.data_source(), stage=self.stage, batch_size=int(self.config.batch_size),
-        seed=int(self.config.data.shuffle_seed), shapes=self.task.record_shapes(),
-        codebook_size=int(self.config.codebook_size),
-        process_index=jax.process_index() if process_index is None else process_index,
-        process_count=jax.process_count() if process_count is None else process_count, **kwargs)
 
   def model_flops_per_step(self) -> float:
     return float(self.task.model_flops(self.config.batch_size))
@@ -217,12 +194,7 @@ class Experiment:
     return parallel.describe_shardings(self._abstract_state.params, self.param_shardings)
 
 
-def build_experiment(config: ml_collections.ConfigDict, devices=None) -> Experiment:
-  """The stage's experiment: SFT stages read batches from their data; RL stages roll out their policy."""
-  if config.get("stage") in defaults.RL_STAGES:
-    from planx_jax.rl.experiment import RLExperiment
-
-    return RLExperiment(config, devices)
-  return Experiment(config, devices)
-
-
+def build_experiment(config: ml_collections.ConfigDict, devices=None):
+  """The stage's experiment: a composite one registered for the stage (e.g. TempAct's hierarchy), else an
+  `Experiment` of the stage's task."""
+  return EXPERIMENTS.get(config.get("stage"), Experiment)(config, devices)

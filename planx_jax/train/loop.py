@@ -31,7 +31,9 @@ class TrainSummary:
 
 def train(exp, workdir: str | Path, *, num_steps: int | None = None, progress: bool = True,
           on_step: Callable[[int], None] | None = None) -> TrainSummary:
-  """Trains `exp` (an `Experiment`) in `workdir` (checkpoints/, export/, tensorboard/, metrics.jsonl, profile/).
+  """Trains `exp` in `workdir` (checkpoints/, export/, tensorboard/, metrics.jsonl, profile/): an `Experiment`, or a
+  composite one with its interface (config, examples_per_step, mesh, data_iterator, abstract_state, init_state,
+  next_batch, train_step returning metrics with "loss", model_flops_per_step, export).
 
   Args:
     num_steps: total steps of the run, counted from step 0 (default `config.num_steps`); a resumed run only
@@ -74,7 +76,7 @@ def _run_steps(exp, workdir: Path, checkpointer: Checkpointer, data, state, star
                progress: bool, on_step) -> TrainSummary:
   config = exp.config
   config_json = config.to_json()
-  logger = MetricsLogger(workdir, start_step=start_step, num_steps=num_steps, examples_per_step=config.batch_size,
+  logger = MetricsLogger(workdir, start_step=start_step, num_steps=num_steps, examples_per_step=exp.examples_per_step,
                          model_flops_per_step=exp.model_flops_per_step(), devices=list(exp.mesh.devices.flat),
                          tensorboard=config.log.tensorboard, progress=progress)
   profile = ProfileWindow(workdir / "profile", start=config.log.profile_start, num_steps=config.log.profile_steps)

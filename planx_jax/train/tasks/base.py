@@ -14,7 +14,9 @@ from planx_jax.train import lora as lora_lib
 
 
 class Task:
-  """One training stage. Subclasses set `stage`, `models` (param subtrees LoRA may adapt) and implement:
+  """One training stage. Subclasses set `stage`, `models` (param subtrees LoRA may adapt), where batches come
+  from (`batch_source`, a name in `train.registry.BATCH_SOURCES`; "data": records in the pipeline's
+  `batch_layout`), add their config sections in `add_config(c)` and implement:
 
   `init_params(rng)` (jittable random init of the stage's param tree), `param_logical_axes()`,
   `pretrained_params()` (host arrays of subtrees loaded from checkpoints, {} for none), `trainable(params)`
@@ -25,6 +27,12 @@ class Task:
 
   stage: str = ""
   models: tuple[str, ...] = ()
+  batch_source: str = "data"
+  batch_layout: str = ""  # a `data.pipeline.LAYOUTS` name (batch_source "data")
+
+  @classmethod
+  def add_config(cls, c) -> None:
+    """Adds the stage's own config sections, with defaults, to the shared ones (`train.defaults.base_config`)."""
 
   def __init__(self, config):
     self.config = config
@@ -83,9 +91,9 @@ class Task:
                         text_shape=tuple(s.text_shape))
 
   def batch_spec(self, batch_size: int) -> dict:
-    """{name: (shape, dtype)} of the global batch: the schema the data pipeline produces."""
-    seq_len = None if self.stage in pipeline.DIT_STAGES else int(self.config.data.seq_len)
-    return pipeline.batch_spec(self.stage, batch_size, seq_len, self.record_shapes())
+    """{name: (shape, dtype)} of the global batch: the schema the data pipeline produces in `batch_layout`."""
+    seq_len = int(self.config.data.seq_len) if self.batch_layout in pipeline.CONVERSATION_LAYOUTS else None
+    return pipeline.batch_spec(self.batch_layout, batch_size, seq_len, self.record_shapes())
 
   def abstract_batch(self, batch_size: int) -> dict:
     return {k: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)) for k, (shape, dtype) in

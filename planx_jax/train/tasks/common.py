@@ -1,4 +1,4 @@
-"""Pieces the three Plan-X training tasks share: model configs from the experiment config, the planner's
+"""Pieces the training tasks share: model configs, inits and checkpoints from the experiment config, the planner's
 first-frame dropout and cross-entropy, the DiT flow loss with first-frame conditioning and text drop, and model
 FLOP estimates. Not the step (train/step.py) and not the data (data/pipeline.py)."""
 
@@ -7,20 +7,75 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from planx_jax import dit
+from planx_jax import planner
 from planx_jax.conditioning import first_frame_mask
+from planx_jax.data.conversation import PLAN_FRAME_CODES
 from planx_jax.losses import flow as flow_lib
 from planx_jax.losses.lm import chunked_masked_nll, next_token_targets
 from planx_jax.models.dit import DiT
 from planx_jax.models.dit_config import DiTConfig
-from planx_jax.models.dit_semantic import semantic_positions
+from planx_jax.models.dit_semantic import add_semantic_branch, copy_text_to_semantic
 from planx_jax.models.planner import Planner
 from planx_jax.models.planner_config import PlannerConfig
 
 # Config fields of a model section: a preset name, field overrides, an optional checkpoint to start from.
 MODEL_SECTION_KEYS = ("preset", "overrides", "checkpoint")
+CODES_PER_KEYFRAME = PLAN_FRAME_CODES  # 9 x 9 TA-Tok scale-2 codes
+# DiT config fields a checkpoint must share with the run (semantic_in_dim is checked after adding a branch).
+DIT_CHECKED_FIELDS = ("dim", "num_layers", "in_channels", "text_dim", "ffn_dim", "patch_size", "semantic_in_dim")
+
+
+# --- config sections (`Task.add_config`) --------------------------------------------------------------------
+
+def model_section(preset: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({"preset": preset, "overrides": ml_collections.ConfigDict(), "checkpoint": ""})
+
+
+def add_planner_sections(c: ml_collections.ConfigDict) -> None:
+  """The planner (Qwen2.5 1.5B), its tokenizer and the chunk of its chunked log-softmax."""
+  c.planner = model_section("qwen2_5_1_5b")
+  c.planner.tokenizer = ""  # a tokenizer directory; "" = the tiny test tokenizer
+  c.ce_chunk = 512  # sequence positions per chunk of the chunked log-softmax (CE, RL log-probs)
+
+
+def add_flow_sections(c: ml_collections.ConfigDict, text_drop: tuple[float, float, int]) -> None:
+  """The DiT (Wan2.2 TI2V 5B) trained on rectified flow: timestep sampling, TI2V, text drop (start, end, ramp)."""
+  c.dit = model_section("wan2_2_ti2v_5b")
+  c.timesteps = ml_collections.ConfigDict({"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 1.0})
+  c.i2v_prob = 0.5  # first latent frame given (TI2V) with this probability where the example has one
+  # Text states replaced by zeros (the CFG negative) with probability `start` at step 0, linear to `end` at
+  # `ramp_steps`, `end` afterwards (start = end: a constant probability).
+  start, end, ramp_steps = text_drop
+  c.text_drop = ml_collections.ConfigDict({"start": start, "end": end, "ramp_steps": ramp_steps})
+
+
+def add_rl_sections(c: ml_collections.ConfigDict, reward: str) -> None:
+  """RL post-training: `rl` (group sampling, the surrogate, KL, advantages), `env` (where prompts and rewards come
+  from). batch_size counts rows: planner_grpo rows are sampled plans (prompts x group_size), dit_flow_grpo rows are
+  trained transitions (prompts x group_size x rl.train_steps)."""
+  c.rl = ml_collections.ConfigDict({
+      "group_size": 8,  # G plans / N videos per prompt (ReaDe 8 rollouts; TempAct N = 8 continuations)
+      "reward": reward,  # a name in planx_jax.rewards
+      "advantage_scale": "group", "advantage_eps": 1e-4, "advantage_ddof": 1,  # TRL's conventions
+      "advantage_clip": 0.0,  # 0 = off; Flow-GRPO clips at 5, TempAct's executor at 2
+      "eps_low": 0.2, "eps_high": 0.2,  # PPO clip range (GSPO / Flow-GRPO use tiny ones)
+      "beta": 0.0,  # KL weight to the frozen reference (the LoRA base, or the initial params)
+      "kl": "k3", "log_ratio_clip": 20.0})  # one update per rollout batch (TRL's and Flow-GRPO's default)
+  c.env = ml_collections.ConfigDict({
+      "kind": "world",  # the demo world: verifiable rewards from the colour-segmentation judge
+      "demo_dir": "",  # a `planx demo` output directory (its models/ seed the policy when checkpoints are unset)
+      "split": "train", "num_prompts": 512, "seed": 0,
+      "kmeans_frames": 0, "kmeans_iters": 0})  # TA-Tok k-means sizes; 0 = the demo's (codes match its models)
+
+
+def text_drop(config, step) -> jax.Array:
+  """The text-drop probability at `step` (traced) from the `text_drop` section."""
+  t = config.text_drop
+  return flow_lib.text_drop_prob(step, float(t.start), float(t.end), ramp_steps=int(t.ramp_steps))
 
 
 def model_config(cls, section, compute_dtype: str, remat: str, **extra):
@@ -56,6 +111,20 @@ def read_checkpoint(section: str, path: str, load, expected, fields, adapt=None)
 
 
 # --- planner ------------------------------------------------------------------------------------------------
+
+def build_planner_config(config) -> PlannerConfig:
+  return model_config(PlannerConfig, config.planner, config.precision.compute_dtype, config.remat)
+
+
+def load_planner(config, planner_config: PlannerConfig) -> dict:
+  """Host params from `planner.checkpoint` (a planx planner checkpoint), checked against the run's config."""
+  def load(path):
+    loaded_config, params, _ = planner.load_checkpoint(path, scan_layers=planner_config.scan_layers)
+    return loaded_config, params
+
+  return read_checkpoint("planner", config.planner.checkpoint, load, planner_config,
+                         ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"))
+
 
 def first_frame_zero_mask(rng, batch, drop_prob: float) -> jax.Array:
   """[B, L] bool: the first-frame code tokens whose embeddings are zeroed (Plan-X's T2V / I2V hybrid).
@@ -95,11 +164,50 @@ def num_target_tokens(batch) -> jax.Array:
 
 # --- DiT ----------------------------------------------------------------------------------------------------
 
-def keyframe_positions(dit_config: DiTConfig, latent_shape, keyframes, video_fps: float) -> np.ndarray:
-  """[S, 3] float (f, h, w) positions of the 9x9 code maps of `keyframes` on the latent-token grid."""
-  f, h, w = latent_shape[:3]
-  pt, ph, pw = dit_config.patch_size
-  return semantic_positions((f // pt, h // ph, w // pw), keyframes, video_fps=video_fps, patch_t=pt)
+def build_dit_config(config, semantic_in_dim: int | None = None) -> DiTConfig:
+  """The run's DiTConfig; `semantic_in_dim` set: a Plan-X DiT whose semantic branch reads vectors of that width."""
+  extra = {} if semantic_in_dim is None else {"semantic_in_dim": int(semantic_in_dim)}
+  return model_config(DiTConfig, config.dit, config.precision.compute_dtype, config.remat, **extra)
+
+
+def init_dit_with_branch(dit_config: DiTConfig, rng) -> dict:
+  """Random (jittable) DiT params standing in for a pretrained base (`dit.init_base_stand_in`), whose semantic
+  k / v / norm start as copies of the text ones (Plan-X 6.2)."""
+  return copy_text_to_semantic(dit.init_base_stand_in(dit_config, rng))
+
+
+def load_dit_checkpoint(path, dit_config: DiTConfig):
+  loaded_config, params, _ = dit.load_checkpoint(path, scan_layers=dit_config.scan_layers)
+  return loaded_config, params
+
+
+def load_dit(config, dit_config: DiTConfig) -> dict:
+  """Host params from `dit.checkpoint` (a planx DiT checkpoint, with or without the semantic branch) for a Plan-X
+  DiT: a base checkpoint gets the branch added."""
+  def with_branch(loaded_config, params):
+    if loaded_config.semantic_in_dim is None:
+      loaded_config, params = add_semantic_branch(loaded_config, params, dit_config.semantic_in_dim)
+    return loaded_config, params
+
+  return read_checkpoint("dit", config.dit.checkpoint, lambda p: load_dit_checkpoint(p, dit_config), dit_config,
+                         DIT_CHECKED_FIELDS, adapt=with_branch)
+
+
+def load_base_dit(config, dit_config: DiTConfig) -> dict:
+  """Host params from `dit.checkpoint`, which must be a base DiT (no semantic branch) of the configured shape."""
+  def no_branch(loaded_config, params):
+    if loaded_config.semantic_in_dim is not None:
+      raise ValueError(f"dit.checkpoint {config.dit.checkpoint} has a semantic branch; dit_sft trains the base DiT "
+                       "without one")
+    return loaded_config, params
+
+  return read_checkpoint("dit", config.dit.checkpoint, lambda p: load_dit_checkpoint(p, dit_config), dit_config,
+                         DIT_CHECKED_FIELDS, adapt=no_branch)
+
+
+def timestep_sampling(config) -> flow_lib.TimestepSampling:
+  t = config.timesteps
+  return flow_lib.TimestepSampling(kind=t.kind, mean=float(t.mean), std=float(t.std), shift=float(t.shift))
 
 
 def flow_loss_per_example(rng, dit_config: DiTConfig, dit_params, batch, semantic, positions, semantic_mask=None, *,
@@ -144,7 +252,7 @@ def mean_flow_loss(per_example, dropped, normalizers) -> tuple[jax.Array, dict]:
 def export_dit(dit_config: DiTConfig, params, directory) -> None:
   """The DiT as a diffusers directory `dit_diffusers/` (with semantic_branch.* when it has the branch)."""
   dit.save_diffusers(dit_config, jax.tree.map(np.asarray, params), os.path.join(directory, "dit_diffusers"),
-                     overwrite=True)
+                         overwrite=True)
 
 
 # --- FLOP estimates -----------------------------------------------------------------------------------------

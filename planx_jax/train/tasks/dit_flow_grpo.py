@@ -10,19 +10,17 @@ policy the ratio is exactly 1. Not the sampling or the rewards (see `planx_jax.r
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
 from planx_jax import dit
 from planx_jax.losses import flow as flow_lib
 from planx_jax.models.dit import DiT
 from planx_jax.models.dit_config import DiTConfig
+from planx_jax.models.dit_semantic import keyframe_positions
 from planx_jax.sampling import flow_sde
 from planx_jax.sampling.dit_sampling import per_token_timesteps
 from planx_jax.sampling.flow_schedulers import euler_sigmas
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
-from planx_jax.train.tasks.dit_sft import load_base_dit
-from planx_jax.train.tasks.dit_stage1 import CODES_PER_KEYFRAME, build_dit_config, init_dit_with_branch, load_dit
 
 SDE_KINDS = ("flow_grpo", "wan", "cps", "dance")
 
@@ -45,16 +43,27 @@ def guided_velocity(dit_config: DiTConfig, params, x, timesteps, text_emb, guida
 
 class DiTFlowGRPO(Task):
   stage = "dit_flow_grpo"
+  batch_source = "rollout"  # SDE transitions of sampled videos (planx_jax.rl)
+
+  @classmethod
+  def add_config(cls, c) -> None:
+    c.dit = common.model_section("wan2_2_ti2v_5b")
+    common.add_rl_sections(c, reward="world_video")
+    c.rl.sde = "flow_grpo"  # flow_grpo / wan / cps / dance
+    c.rl.noise_level = 0.7
+    c.rl.num_sampling_steps = 10
+    c.rl.train_steps = 2  # denoising steps trained per video (a random window among the first 99 %: "fast")
+    c.rl.shift = 3.0
+    c.rl.guidance_scale = 4.0  # CFG in sampling and in the trained velocity (Flow-GRPO does both)
+    c.rl.ratio_norm = False  # GRPO-Guard's RatioNorm
+    c.rl.semantic_dim = 0  # > 0: a Plan-X DiT whose semantic branch reads TA-Tok codebook vectors of this width
   models = ("dit",)
 
   def __init__(self, config):
     super().__init__(config)
     rl = config.rl
     self.semantic_dim = int(rl.semantic_dim)
-    if self.semantic_dim:
-      self.dit_config = build_dit_config(config, self.semantic_dim)
-    else:
-      self.dit_config = common.model_config(DiTConfig, config.dit, config.precision.compute_dtype, config.remat)
+    self.dit_config = common.build_dit_config(config, self.semantic_dim or None)
     if rl.sde not in SDE_KINDS:
       raise ValueError(f"rl.sde must be one of {SDE_KINDS}, got {rl.sde!r}")
     if int(rl.group_size) < 2:
@@ -64,33 +73,33 @@ class DiTFlowGRPO(Task):
     if not 1 <= self.train_steps < self.num_sampling_steps:
       raise ValueError(f"rl.train_steps must be in [1, rl.num_sampling_steps - 1] (the last step is never trained), "
                        f"got {self.train_steps} of {self.num_sampling_steps}")
-    rows_per_prompt = int(rl.group_size) * self.train_steps
-    if config.batch_size % rows_per_prompt:
+    self.rows_per_prompt = int(rl.group_size) * self.train_steps  # a row is a trained transition
+    if config.batch_size % self.rows_per_prompt:
       raise ValueError(f"batch_size {config.batch_size} (transitions) is not a multiple of rl.group_size x "
-                       f"rl.train_steps = {rows_per_prompt}")
+                       f"rl.train_steps = {self.rows_per_prompt}")
     self.shapes = config.data.shapes
     self.sigmas, _ = euler_sigmas(self.num_sampling_steps, float(rl.shift))  # [T + 1], 1 -> 0
     k = int(self.shapes.num_keyframes)
     self.positions = None
     if self.semantic_dim:  # the plan's K keyframes of 81 codes, first frame included (stage-1 semantic input)
-      self.positions = common.keyframe_positions(self.dit_config, tuple(self.shapes.latent_shape), list(range(k)),
-                                                 float(config.video_fps))  # [K * 81, 3]
+      self.positions = keyframe_positions(self.dit_config, tuple(self.shapes.latent_shape), list(range(k)),
+                                          float(config.video_fps))  # [K * 81, 3]
 
   @property
   def num_semantic(self) -> int:
-    return int(self.shapes.num_keyframes) * CODES_PER_KEYFRAME if self.semantic_dim else 0
+    return int(self.shapes.num_keyframes) * common.CODES_PER_KEYFRAME if self.semantic_dim else 0
 
   def init_params(self, rng) -> dict:
     if self.semantic_dim:
-      return {"dit": init_dit_with_branch(self.dit_config, rng)}
+      return {"dit": common.init_dit_with_branch(self.dit_config, rng)}
     return {"dit": dit.init_base_stand_in(self.dit_config, rng)}
 
   def param_logical_axes(self) -> dict:
     return {"dit": dit.param_logical_axes(self.dit_config)}
 
   def pretrained_params(self) -> dict:
-    loaded = load_dit(self.config, self.dit_config) if self.semantic_dim else load_base_dit(self.config,
-                                                                                             self.dit_config)
+    load = common.load_dit if self.semantic_dim else common.load_base_dit
+    loaded = load(self.config, self.dit_config)
     return {"dit": loaded} if loaded else {}
 
   def trainable(self, params):
@@ -113,10 +122,6 @@ class DiTFlowGRPO(Task):
     if self.semantic_dim:
       spec["semantic"] = ((b, self.num_semantic, self.semantic_dim), f32)
     return spec
-
-  def batch_logical_axes(self, batch_size: int) -> dict:
-    return {k: P("act_batch", *([None] * (len(shape) - 1))) for k, (shape, _) in
-            self.batch_spec(batch_size).items()}
 
   def velocity(self, dit_params, latents, timesteps, text_emb, semantic=None) -> jax.Array:
     """The policy's velocity at model timesteps [B, F] (CFG at rl.guidance_scale, as sampled)."""

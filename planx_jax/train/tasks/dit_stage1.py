@@ -6,79 +6,41 @@ import logging
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from planx_jax import dit, tatok
-from planx_jax.data.conversation import PLAN_FRAME_CODES
-from planx_jax.losses import flow as flow_lib
-from planx_jax.models.dit_config import DiTConfig
-from planx_jax.models.dit_semantic import SEMANTIC_COPIES, add_semantic_branch, semantic_branch_labels
+from planx_jax import dit
+from planx_jax.data import pipeline
+from planx_jax import tatok
+from planx_jax.models.dit_semantic import keyframe_positions, semantic_branch_labels
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
 
-CODES_PER_KEYFRAME = PLAN_FRAME_CODES  # 9 x 9 TA-Tok scale-2 codes
-# DiT config fields a checkpoint must share with the run (semantic_in_dim is checked after adding a branch).
-DIT_CHECKED_FIELDS = ("dim", "num_layers", "in_channels", "text_dim", "ffn_dim", "patch_size", "semantic_in_dim")
-
-
-def build_dit_config(config, semantic_in_dim: int) -> DiTConfig:
-  return common.model_config(DiTConfig, config.dit, config.precision.compute_dtype, config.remat,
-                             semantic_in_dim=int(semantic_in_dim))
-
-
-def init_dit_with_branch(dit_config: DiTConfig, rng) -> dict:
-  """Random (jittable) DiT params standing in for a pretrained base (`dit.init_base_stand_in`), whose semantic
-  k / v / norm start as copies of the text ones (Plan-X 6.2)."""
-  params = dit.init_base_stand_in(dit_config, rng)
-  blocks = [k for k in params if k == "blocks" or k.startswith("blocks_")]
-  for key in blocks:
-    cross = dict(params[key]["cross_attn"])
-    for new, old in SEMANTIC_COPIES.items():
-      cross[new] = jax.tree.map(jnp.copy, cross[old])
-    params[key] = {**params[key], "cross_attn": cross}
-  return params
-
-
-def load_dit(config, dit_config: DiTConfig) -> dict:
-  """Host params from `dit.checkpoint` (a planx DiT checkpoint, with or without the semantic branch)."""
-  def with_branch(loaded_config, params):
-    if loaded_config.semantic_in_dim is None:
-      loaded_config, params = add_semantic_branch(loaded_config, params, dit_config.semantic_in_dim)
-    return loaded_config, params
-
-  return common.read_checkpoint("dit", config.dit.checkpoint, lambda p: load_dit_checkpoint(p, dit_config),
-                                dit_config, DIT_CHECKED_FIELDS, adapt=with_branch)
-
-
-def load_dit_checkpoint(path, dit_config: DiTConfig):
-  loaded_config, params, _ = dit.load_checkpoint(path, scan_layers=dit_config.scan_layers)
-  return loaded_config, params
-
-
-def timestep_sampling(config) -> flow_lib.TimestepSampling:
-  t = config.timesteps
-  return flow_lib.TimestepSampling(kind=t.kind, mean=float(t.mean), std=float(t.std), shift=float(t.shift))
-
-
 class DiTStage1(Task):
   stage = "dit_stage1"
+  batch_layout = pipeline.DIT_EXAMPLES
+
+  @classmethod
+  def add_config(cls, c) -> None:
+    common.add_flow_sections(c, text_drop=(1.0, 0.5, 1000))  # DESIGN.md decision 6
+    c.tatok = ml_collections.ConfigDict({"code_dim": 1536, "checkpoint": ""})
   models = ("dit",)
 
   def __init__(self, config):
     super().__init__(config)
     self.code_dim = int(config.tatok.code_dim)
     self.codebook_size = int(config.codebook_size)
-    self.dit_config = build_dit_config(config, self.code_dim)
+    self.dit_config = common.build_dit_config(config, self.code_dim)
     self.shapes = config.data.shapes
-    self.sampling = timestep_sampling(config)
-    self.positions = common.keyframe_positions(self.dit_config, tuple(self.shapes.latent_shape), self.shapes.num_keyframes,
-                                               float(config.video_fps))  # [K * 81, 3]
+    self.sampling = common.timestep_sampling(config)
+    self.positions = keyframe_positions(self.dit_config, tuple(self.shapes.latent_shape), self.shapes.num_keyframes,
+                                        float(config.video_fps))  # [K * 81, 3]
 
   def init_params(self, rng) -> dict:
     k_dit, k_code = jax.random.split(rng)
     codebook = jax.random.normal(k_code, (self.codebook_size, self.code_dim), jnp.float32)
     codebook = codebook / jnp.linalg.norm(codebook, axis=-1, keepdims=True)
-    return {"dit": init_dit_with_branch(self.dit_config, k_dit), "codebook": codebook}
+    return {"dit": common.init_dit_with_branch(self.dit_config, k_dit), "codebook": codebook}
 
   def param_logical_axes(self) -> dict:
     return {"dit": dit.param_logical_axes(self.dit_config),
@@ -86,7 +48,7 @@ class DiTStage1(Task):
 
   def pretrained_params(self) -> dict:
     out = {}
-    loaded = load_dit(self.config, self.dit_config)
+    loaded = common.load_dit(self.config, self.dit_config)
     if loaded:
       out["dit"] = loaded
     path = self.config.tatok.checkpoint
@@ -107,10 +69,6 @@ class DiTStage1(Task):
   def always_trainable(self, params):
     return self.trainable(params)
 
-  def text_drop(self, step) -> jax.Array:
-    return flow_lib.text_drop_prob(step, float(self.config.text_drop.start), float(self.config.text_drop.end),
-                                   ramp_steps=int(self.config.text_drop.ramp_steps))
-
   def normalizers(self, batch) -> dict:
     return {"examples": jnp.asarray(batch["latents"].shape[0], jnp.int32)}
 
@@ -120,7 +78,7 @@ class DiTStage1(Task):
     semantic = params["codebook"][batch["codes_s2"].reshape(b, -1)]  # [B, K * 81, code_dim]
     positions = jnp.broadcast_to(jnp.asarray(self.positions), (b, *self.positions.shape))
     per_example, dropped = common.flow_loss_per_example(
-        rng, self.dit_config, params["dit"], batch, semantic, positions, text_drop=self.text_drop(step),
+        rng, self.dit_config, params["dit"], batch, semantic, positions, text_drop=common.text_drop(self.config, step),
         i2v_prob=float(self.config.i2v_prob), sampling=self.sampling)
     return common.mean_flow_loss(per_example, dropped, normalizers)
 
@@ -132,7 +90,7 @@ class DiTStage1(Task):
     n = sum(x.size for x in jax.tree.leaves(abstract))
     n_train = sum(x.size for x, m in zip(jax.tree.leaves(abstract), jax.tree.leaves(mask)) if m)
     return common.dit_flops(self.dit_config, n, n_train, batch_size, tokens, s.text_shape[0],
-                            s.num_keyframes * CODES_PER_KEYFRAME)
+                            s.num_keyframes * common.CODES_PER_KEYFRAME)
 
   def export(self, params, directory) -> None:
     common.export_dit(self.dit_config, self.effective_params(params)["dit"], directory)

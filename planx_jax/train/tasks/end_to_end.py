@@ -8,41 +8,50 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from planx_jax import dit, planner
-from planx_jax.models.dit_semantic import semantic_branch_labels
+from planx_jax import dit
+from planx_jax import planner
+from planx_jax.data import pipeline
+from planx_jax.models.dit_semantic import keyframe_positions, semantic_branch_labels
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
-from planx_jax.train.tasks.dit_stage1 import (CODES_PER_KEYFRAME, build_dit_config, init_dit_with_branch, load_dit,
-                                              timestep_sampling)
-from planx_jax.train.tasks.planner_sft import build_planner_config, load_planner
 
 DIT_TRAINABLE = ("all", "semantic_branch")
 
 
 class EndToEnd(Task):
   stage = "end_to_end"
+  batch_layout = pipeline.CONVERSATION_WITH_DIT
+
+  @classmethod
+  def add_config(cls, c) -> None:
+    common.add_planner_sections(c)
+    c.first_frame_drop = 0.5  # Plan-X: first-frame code embeddings zeroed with p = 0.5 (T2V / I2V hybrid)
+    common.add_flow_sections(c, text_drop=(0.1, 0.1, 1))
+    c.flow_weight = 1.0
+    c.ce_weight = 0.1
+    c.dit_trainable = "all"  # or "semantic_branch"
   models = ("planner", "dit")
 
   def __init__(self, config):
     super().__init__(config)
-    self.planner_config = build_planner_config(config)
-    self.dit_config = build_dit_config(config, self.planner_config.hidden_size)
+    self.planner_config = common.build_planner_config(config)
+    self.dit_config = common.build_dit_config(config, self.planner_config.hidden_size)
     self.seq_len = int(config.data.seq_len)
     self.shapes = config.data.shapes
-    self.sampling = timestep_sampling(config)
+    self.sampling = common.timestep_sampling(config)
     if config.dit_trainable not in DIT_TRAINABLE:
       raise ValueError(f"dit_trainable must be one of {DIT_TRAINABLE}, got {config.dit_trainable!r}")
     k = int(self.shapes.num_keyframes)
     if k < 2:
       raise ValueError(f"end_to_end needs at least 2 keyframes (the first is given, the rest planned), got {k}")
-    self.num_semantic = (k - 1) * CODES_PER_KEYFRAME
-    self.positions = common.keyframe_positions(self.dit_config, tuple(self.shapes.latent_shape), list(range(1, k)),
-                                               float(config.video_fps))  # [(K - 1) * 81, 3]
+    self.num_semantic = (k - 1) * common.CODES_PER_KEYFRAME
+    self.positions = keyframe_positions(self.dit_config, tuple(self.shapes.latent_shape), list(range(1, k)),
+                                        float(config.video_fps))  # [(K - 1) * 81, 3]
 
   def init_params(self, rng) -> dict:
     k_planner, k_dit = jax.random.split(rng)
     return {"planner": planner.init_params(self.planner_config, k_planner),
-            "dit": init_dit_with_branch(self.dit_config, k_dit)}
+            "dit": common.init_dit_with_branch(self.dit_config, k_dit)}
 
   def param_logical_axes(self) -> dict:
     return {"planner": planner.param_logical_axes(self.planner_config),
@@ -50,10 +59,10 @@ class EndToEnd(Task):
 
   def pretrained_params(self) -> dict:
     out = {}
-    planner_params = load_planner(self.config, self.planner_config)
+    planner_params = common.load_planner(self.config, self.planner_config)
     if planner_params:
       out["planner"] = planner_params
-    dit_params = load_dit(self.config, self.dit_config)
+    dit_params = common.load_dit(self.config, self.dit_config)
     if dit_params:
       out["dit"] = dit_params
     return out
@@ -84,7 +93,7 @@ class EndToEnd(Task):
     positions = jnp.broadcast_to(jnp.asarray(self.positions), (b, *self.positions.shape))
     per_example, _ = common.flow_loss_per_example(
         k_flow, self.dit_config, params["dit"], batch, semantic, positions, batch["semantic_mask"],
-        text_drop=float(self.config.text_drop), i2v_prob=float(self.config.i2v_prob), sampling=self.sampling)
+        text_drop=common.text_drop(self.config, step), i2v_prob=float(self.config.i2v_prob), sampling=self.sampling)
     flow = jnp.sum(per_example) / normalizers["examples"].astype(jnp.float32)
     loss = float(self.config.flow_weight) * flow + float(self.config.ce_weight) * ce
     return loss, {"flow_loss": flow, "ce_loss": ce}
@@ -102,5 +111,5 @@ class EndToEnd(Task):
   def export(self, params, directory) -> None:
     params = jax.tree.map(np.asarray, self.effective_params(params))
     planner.save_hf(self.planner_config, params["planner"], os.path.join(directory, "planner_hf"),
-                    overwrite=True)
+                        overwrite=True)
     common.export_dit(self.dit_config, params["dit"], directory)

@@ -10,14 +10,14 @@ not scored. Not the sampling or the rewards (see `planx_jax.rl`).
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
 from planx_jax import planner
 from planx_jax.data.conversation import PLAN_FRAME_CODES
+from planx_jax.data.tokenizer import planner_tokenizer
 from planx_jax.losses import rl as rl_losses
 from planx_jax.losses.lm import next_token_targets
 from planx_jax.train.tasks import common
-from planx_jax.train.tasks.planner_sft import PlannerTask, planner_tokenizer
+from planx_jax.train.tasks.planner_sft import PlannerTask
 
 LEVELS = rl_losses.IMPORTANCE_LEVELS
 LOSS_TYPES = rl_losses.LOSS_TYPES
@@ -34,6 +34,15 @@ def check_group(config) -> int:
 
 class PlannerGRPO(PlannerTask):
   stage = "planner_grpo"
+  batch_source = "rollout"  # sampled plans (planx_jax.rl)
+
+  @classmethod
+  def add_config(cls, c) -> None:
+    super().add_config(c)
+    common.add_rl_sections(c, reward="world_plan")
+    c.rl.level = "token"  # token (GRPO), sequence (GSPO), sequence_token (GSPO-token)
+    c.rl.loss_type = "grpo"  # grpo / bnpo / dr_grpo / dapo
+    c.rl.temperature = 1.0
 
   def __init__(self, config):
     super().__init__(config)
@@ -47,6 +56,7 @@ class PlannerGRPO(PlannerTask):
     if not float(rl.temperature) > 0:
       raise ValueError(f"rl.temperature must be > 0 (the policy is the sampling distribution), got {rl.temperature}")
     self.group_size = check_group(config)
+    self.rows_per_prompt = self.group_size  # a row is a sampled plan
     _, self.plan_tokens = planner_tokenizer(config)
     if self.plan_tokens.vocab_size > self.planner_config.vocab_size:
       raise ValueError(f"the Plan-X layout needs {self.plan_tokens.vocab_size} embedding rows, the planner has "
@@ -60,10 +70,6 @@ class PlannerGRPO(PlannerTask):
             "loss_mask": ((b, length), bool_), "zero_embed": ((b, length), bool_),
             "old_logp": ((b, length), f32), "ref_logp": ((b, length), f32),
             "advantages": ((b,), f32), "rewards": ((b,), f32)}
-
-  def batch_logical_axes(self, batch_size: int) -> dict:
-    return {k: P("act_batch", *([None] * (len(shape) - 1))) for k, (shape, _) in
-            self.batch_spec(batch_size).items()}
 
   def token_logps(self, planner_params, batch) -> jax.Array:
     """[B, L] fp32: position t holds log pi(token t+1 | tokens <= t) over the code ids at the sampling

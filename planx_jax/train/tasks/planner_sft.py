@@ -8,34 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from planx_jax import planner
-from planx_jax.data.tokenizer import build_tiny_tokenizer, load_tokenizer, plan_tokens_from_tokenizer
-from planx_jax.models.planner_config import PlannerConfig
+from planx_jax.data import pipeline
 from planx_jax.train.tasks import common
 from planx_jax.train.tasks.base import Task
-
-
-def planner_tokenizer(config):
-  """(tokenizer, PlanTokens) of the run: `planner.tokenizer` (a directory) or the tiny test tokenizer."""
-  path = config.planner.tokenizer
-  if path:
-    tokenizer = load_tokenizer(path)
-    return tokenizer, plan_tokens_from_tokenizer(tokenizer, int(config.codebook_size))
-  tokenizer = build_tiny_tokenizer(int(config.codebook_size))
-  return tokenizer, plan_tokens_from_tokenizer(tokenizer, int(config.codebook_size))
-
-
-def build_planner_config(config) -> PlannerConfig:
-  return common.model_config(PlannerConfig, config.planner, config.precision.compute_dtype, config.remat)
-
-
-def load_planner(config, planner_config: PlannerConfig) -> dict:
-  """Host params from `planner.checkpoint` (a planx planner checkpoint), checked against the run's config."""
-  def load(path):
-    loaded_config, params, _ = planner.load_checkpoint(path, scan_layers=planner_config.scan_layers)
-    return loaded_config, params
-
-  return common.read_checkpoint("planner", config.planner.checkpoint, load, planner_config,
-                                ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim"))
 
 
 class PlannerTask(Task):
@@ -44,9 +19,13 @@ class PlannerTask(Task):
 
   models = ("planner",)
 
+  @classmethod
+  def add_config(cls, c) -> None:
+    common.add_planner_sections(c)
+
   def __init__(self, config):
     super().__init__(config)
-    self.planner_config = build_planner_config(config)
+    self.planner_config = common.build_planner_config(config)
     self.seq_len = int(config.data.seq_len)
 
   def init_params(self, rng) -> dict:
@@ -56,7 +35,7 @@ class PlannerTask(Task):
     return {"planner": planner.param_logical_axes(self.planner_config)}
 
   def pretrained_params(self) -> dict:
-    loaded = load_planner(self.config, self.planner_config)
+    loaded = common.load_planner(self.config, self.planner_config)
     return {"planner": loaded} if loaded else {}
 
   def trainable(self, params):
@@ -69,6 +48,12 @@ class PlannerTask(Task):
 
 class PlannerSFT(PlannerTask):
   stage = "planner_sft"
+  batch_layout = pipeline.PACKED_CONVERSATIONS
+
+  @classmethod
+  def add_config(cls, c) -> None:
+    super().add_config(c)
+    c.first_frame_drop = 0.5  # Plan-X: first-frame code embeddings zeroed with p = 0.5 (T2V / I2V hybrid)
 
   def __init__(self, config):
     super().__init__(config)
